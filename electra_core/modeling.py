@@ -1,0 +1,493 @@
+"""ELECTRA in plain PyTorch, read top to bottom.
+
+Embeddings -> self-attention -> layer -> encoder -> ElectraModel -> heads -> task models -> the joint
+generator + discriminator used for pretraining. Module and parameter names follow Hugging Face's
+`modeling_electra.py`, so a state dict moves between the two with no renaming table.
+
+Where this differs from transformers, for speed and not for results:
+- Query, key and value are applied as one matrix multiply, and attention runs through
+  `scaled_dot_product_attention` (flash or memory-efficient kernels where the device has them).
+- The attention mask is dropped when a batch has no padding (packed pretraining data), which lets the
+  fastest attention kernel run.
+- In pretraining the generator's vocabulary projection runs only at the masked positions (~15% of tokens);
+  over all positions it would be most of the generator's cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from electra_core import masking
+from electra_core.config import ElectraConfig
+from electra_core.pretrained import PreTrainedMixin
+from electra_core.storage import exists, join
+
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"ElectraConfig.hidden_act {name!r} is not supported; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Encoder
+# ----------------------------------------------------------------------------------------------------------
+
+
+class ElectraEmbeddings(nn.Module):
+    """Token + position + segment embeddings, LayerNorm, dropout (width `embedding_size`)."""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.embedding_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.embedding_size)
+        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        seq_len = input_ids.shape[1]
+        positions = torch.arange(seq_len, device=input_ids.device)
+        embeddings = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+        if token_type_ids is None:
+            embeddings = embeddings + self.token_type_embeddings.weight[0]
+        else:
+            embeddings = embeddings + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class ElectraSelfAttention(nn.Module):
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+
+    def forward(self, hidden_states: torch.Tensor, attention_bias: torch.Tensor | None) -> torch.Tensor:
+        batch, seq_len, width = hidden_states.shape
+        # One matmul for q, k and v: the separate Linear modules stay for Hugging Face state-dict names.
+        qkv_weight = torch.cat((self.query.weight, self.key.weight, self.value.weight))
+        qkv_bias = torch.cat((self.query.bias, self.key.bias, self.value.bias))
+        qkv = F.linear(hidden_states, qkv_weight, qkv_bias)
+        q, k, v = qkv.view(batch, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        context = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attention_bias, dropout_p=self.dropout_prob if self.training else 0.0
+        )
+        return context.transpose(1, 2).reshape(batch, seq_len, width)
+
+
+class ElectraSelfOutput(nn.Module):
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(context)) + residual)
+
+
+class ElectraAttention(nn.Module):
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        self.self = ElectraSelfAttention(config)
+        self.output = ElectraSelfOutput(config)
+
+    def forward(self, hidden_states: torch.Tensor, attention_bias: torch.Tensor | None) -> torch.Tensor:
+        return self.output(self.self(hidden_states, attention_bias), hidden_states)
+
+
+class ElectraIntermediate(nn.Module):
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = activation(config.hidden_act)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(hidden_states))
+
+
+class ElectraOutput(nn.Module):
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, intermediate: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(intermediate)) + residual)
+
+
+class ElectraLayer(nn.Module):
+    """Post-LayerNorm transformer layer, as in BERT and ELECTRA."""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        self.attention = ElectraAttention(config)
+        self.intermediate = ElectraIntermediate(config)
+        self.output = ElectraOutput(config)
+
+    def forward(self, hidden_states: torch.Tensor, attention_bias: torch.Tensor | None) -> torch.Tensor:
+        attended = self.attention(hidden_states, attention_bias)
+        return self.output(self.intermediate(attended), attended)
+
+
+class ElectraEncoder(nn.Module):
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(ElectraLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, hidden_states: torch.Tensor, attention_bias: torch.Tensor | None) -> torch.Tensor:
+        for layer in self.layer:
+            hidden_states = layer(hidden_states, attention_bias)
+        return hidden_states
+
+
+def attention_bias_from_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(batch, seq) 1/0 mask -> boolean (batch, 1, 1, seq) for SDPA; None when nothing is padded.
+
+    Packed pretraining batches rarely pad, and SDPA without a mask can use its fastest kernel.
+    """
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    return attention_mask.bool()[:, None, None, :]
+
+
+class ElectraPreTrainedModel(PreTrainedMixin, nn.Module):
+    """Weight initialisation as in transformers, plus save_pretrained/from_pretrained (PreTrainedMixin)."""
+
+    architecture: str = ""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        self.config = config
+
+    def init_weights(self) -> None:
+        self.apply(self._init_module)
+        self.tie_weights()
+
+    def _init_module(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def tie_weights(self) -> None:
+        """Models with tied weights re-point them here (after loading or sharing embeddings)."""
+
+
+class ElectraModel(ElectraPreTrainedModel):
+    """The bare encoder: embeddings, an optional projection to hidden_size, transformer layers."""
+
+    architecture = "ElectraModel"
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__(config)
+        self.embeddings = ElectraEmbeddings(config)
+        if config.embedding_size != config.hidden_size:
+            self.embeddings_project = nn.Linear(config.embedding_size, config.hidden_size)
+        self.encoder = ElectraEncoder(config)
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Returns the last layer's hidden states, (batch, seq, hidden_size)."""
+        hidden_states = self.embeddings(input_ids, token_type_ids)
+        if hasattr(self, "embeddings_project"):
+            hidden_states = self.embeddings_project(hidden_states)
+        return self.encoder(hidden_states, attention_bias_from_mask(attention_mask))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Heads
+# ----------------------------------------------------------------------------------------------------------
+
+
+class ElectraDiscriminatorPredictions(nn.Module):
+    """One logit per token: was it replaced?"""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+        self.dense_prediction = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dense_prediction(self.act(self.dense(hidden_states))).squeeze(-1)
+
+
+class ElectraGeneratorPredictions(nn.Module):
+    """Projects generator states to embedding width before the (tied) vocabulary projection."""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.embedding_size)
+        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(F.gelu(self.dense(hidden_states)))
+
+
+class ElectraClassificationHead(nn.Module):
+    """[CLS] state -> dense -> gelu -> out_proj, with dropout before each projection (as transformers)."""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        cls_state = self.dropout(hidden_states[:, 0])
+        return self.out_proj(self.dropout(F.gelu(self.dense(cls_state))))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Task models
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+class ElectraForPreTraining(ElectraPreTrainedModel):
+    """The discriminator: the encoder plus a replaced-token-detection head. This is the model kept."""
+
+    architecture = "ElectraForPreTraining"
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__(config)
+        self.electra = ElectraModel(config)
+        self.discriminator_predictions = ElectraDiscriminatorPredictions(config)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> ModelOutput:
+        """labels: 1 where a token was replaced, 0 where original; the loss covers non-pad tokens."""
+        logits = self.discriminator_predictions(self.electra(input_ids, attention_mask, token_type_ids))
+        loss = None
+        if labels is not None:
+            active = torch.ones_like(labels, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+            loss = F.binary_cross_entropy_with_logits(logits[active], labels[active].float())
+        return ModelOutput(logits=logits, loss=loss)
+
+
+class ElectraForMaskedLM(ElectraPreTrainedModel):
+    """The generator: the encoder plus a masked-LM head whose output embedding is the input embedding."""
+
+    architecture = "ElectraForMaskedLM"
+    tied_weights = {"generator_lm_head.weight": "electra.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__(config)
+        self.electra = ElectraModel(config)
+        self.generator_predictions = ElectraGeneratorPredictions(config)
+        self.generator_lm_head = nn.Linear(config.embedding_size, config.vocab_size)
+        self.init_weights()
+
+    def tie_weights(self) -> None:
+        self.generator_lm_head.weight = self.electra.embeddings.word_embeddings.weight
+
+    def vocabulary_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Logits over the vocabulary for any selection of hidden states (..., hidden_size)."""
+        return self.generator_lm_head(self.generator_predictions(hidden_states))
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> ModelOutput:
+        """labels: the original id at predicted positions, -100 elsewhere (the transformers convention)."""
+        logits = self.vocabulary_logits(self.electra(input_ids, attention_mask, token_type_ids))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
+        return ModelOutput(logits=logits, loss=loss)
+
+
+class ElectraForSequenceClassification(ElectraPreTrainedModel):
+    """The encoder plus a classification (or, with num_labels=1, regression) head on [CLS]."""
+
+    architecture = "ElectraForSequenceClassification"
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__(config)
+        self.electra = ElectraModel(config)
+        self.classifier = ElectraClassificationHead(config)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> ModelOutput:
+        logits = self.classifier(self.electra(input_ids, attention_mask, token_type_ids))
+        loss = None
+        if labels is not None:
+            loss = self.classification_loss(logits, labels)
+        return ModelOutput(logits=logits, loss=loss)
+
+    def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        problem = self.config.problem_type
+        if problem is None:
+            problem = "regression" if self.config.num_labels == 1 else "single_label_classification"
+        if problem == "regression":
+            return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+        if problem == "multi_label_classification":
+            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return F.cross_entropy(logits, labels)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pretraining: generator + discriminator with shared embeddings
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PretrainingOutput:
+    """Loss to optimise and detached statistics for logging (discriminator fields are None for mlm)."""
+
+    loss: torch.Tensor
+    generator_loss: torch.Tensor
+    generator_accuracy: torch.Tensor
+    discriminator_loss: torch.Tensor | None = None
+    discriminator_accuracy: torch.Tensor | None = None
+    replaced_fraction: torch.Tensor | None = None
+    masked_tokens: int = 0
+
+    def metrics(self) -> dict[str, float]:
+        """Python floats of every statistic that is set (one device sync)."""
+        names = ("loss", "generator_loss", "generator_accuracy", "discriminator_loss", "discriminator_accuracy",
+                 "replaced_fraction")
+        present = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        values = torch.stack([value.detach().float() for value in present.values()]).tolist()
+        return {**dict(zip(present, values)), "masked_tokens": self.masked_tokens}
+
+
+class ElectraPretrainingModel(nn.Module):
+    """ELECTRA's joint model (objective `electra`) or the BERT-style baseline (objective `mlm`).
+
+    electra: a small generator fills masked positions with sampled tokens, the discriminator labels every
+    non-pad token original/replaced; loss = generator MLM loss + disc_loss_weight * discriminator loss.
+    Generator and discriminator share the embedding module (token, position, type, LayerNorm).
+    mlm: one discriminator-sized ElectraForMaskedLM, trained on 80% [MASK] / 10% random / 10% kept.
+    """
+
+    def __init__(self, config: ElectraConfig, generator_config: ElectraConfig | None = None):
+        super().__init__()
+        self.config = config
+        if config.objective == "mlm":
+            self.generator = ElectraForMaskedLM(config)
+            self.discriminator = None
+            return
+        self.generator = ElectraForMaskedLM(generator_config or config.generator_config())
+        self.discriminator = ElectraForPreTraining(config)
+        self.share_embeddings()
+
+    def share_embeddings(self) -> None:
+        self.generator.electra.embeddings = self.discriminator.electra.embeddings
+        self.generator.tie_weights()
+
+    def forward(
+        self,
+        *,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        rng: torch.Generator | None = None,
+    ) -> PretrainingOutput:
+        config = self.config
+        if attention_mask is None:
+            attention_mask = (input_ids != config.pad_token_id).long()
+        selected = masking.select_positions(
+            input_ids, attention_mask, config.special_token_ids, config.mask_prob, generator=rng
+        )
+        if config.objective == "mlm":
+            mask_share, random_share = masking.BERT_MASK_SHARE, masking.BERT_RANDOM_SHARE
+        else:
+            mask_share, random_share = config.mask_token_share, 0.0
+        generator_input = masking.corrupt_selected(
+            input_ids, selected, config.mask_token_id, config.vocab_size, mask_share, random_share, generator=rng
+        )
+
+        # Generator: vocabulary logits only where a prediction is needed.
+        positions = selected.nonzero(as_tuple=True)
+        targets = input_ids[positions]
+        hidden = self.generator.electra(generator_input, attention_mask, token_type_ids)
+        logits = self.generator.vocabulary_logits(hidden[positions])
+        generator_loss = F.cross_entropy(logits.float(), targets)
+        with torch.no_grad():
+            generator_accuracy = (logits.argmax(-1) == targets).float().mean()
+        if self.discriminator is None:
+            return PretrainingOutput(generator_loss, generator_loss, generator_accuracy,
+                                     masked_tokens=targets.numel())
+
+        # Discriminator: every selected position gets a token sampled from the generator (no gradient
+        # flows through the sample); a sample equal to the original counts as original.
+        with torch.no_grad():
+            sampled = masking.sample_tokens(logits.detach(), config.sampling_temperature, generator=rng)
+            discriminator_input = input_ids.index_put(positions, sampled)
+            is_replaced = (discriminator_input != input_ids).float()
+        disc_logits = self.discriminator.discriminator_predictions(
+            self.discriminator.electra(discriminator_input, attention_mask, token_type_ids)
+        )
+        active = attention_mask.bool()
+        active_logits, active_labels = disc_logits[active], is_replaced[active]
+        discriminator_loss = F.binary_cross_entropy_with_logits(active_logits.float(), active_labels)
+        with torch.no_grad():
+            discriminator_accuracy = ((active_logits > 0).float() == active_labels).float().mean()
+            replaced_fraction = active_labels.mean()
+        return PretrainingOutput(
+            loss=generator_loss + config.disc_loss_weight * discriminator_loss,
+            generator_loss=generator_loss,
+            generator_accuracy=generator_accuracy,
+            discriminator_loss=discriminator_loss,
+            discriminator_accuracy=discriminator_accuracy,
+            replaced_fraction=replaced_fraction,
+            masked_tokens=targets.numel(),
+        )
+
+    # --- Hugging Face directories: discriminator/ and generator/, each a complete model ------------------
+    def save_pretrained(self, uri: str) -> None:
+        """Writes `generator/` and, for electra, `discriminator/`; each loads into transformers on its own."""
+        self.generator.save_pretrained(join(uri, "generator"))
+        if self.discriminator is not None:
+            self.discriminator.save_pretrained(join(uri, "discriminator"))
+
+    @classmethod
+    def from_pretrained(cls, uri: str, **config_overrides) -> "ElectraPretrainingModel":
+        """Reads what save_pretrained wrote, or a published discriminator/generator pair in those folders."""
+        generator = ElectraForMaskedLM.from_pretrained(join(uri, "generator"))
+        if not exists(join(uri, "discriminator", "config.json")):
+            model = cls(generator.config.replace(objective="mlm", **config_overrides))
+            model.generator = generator
+            return model
+        discriminator = ElectraForPreTraining.from_pretrained(join(uri, "discriminator"))
+        model = cls(discriminator.config.replace(objective="electra", **config_overrides), generator.config)
+        model.generator, model.discriminator = generator, discriminator
+        model.share_embeddings()
+        return model
