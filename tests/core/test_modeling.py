@@ -1,0 +1,146 @@
+"""The pretraining model: its objective, its parameter sharing, its training signal, its files."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import electra_core
+from electra_core import ElectraConfig, ElectraPretrainingModel
+
+
+def token_batch(config: ElectraConfig, rows: int = 8, seq_len: int = 32, seed: int = 0) -> torch.Tensor:
+    input_ids = torch.randint(5, config.vocab_size, (rows, seq_len), generator=torch.Generator().manual_seed(seed))
+    input_ids[:, 0] = config.cls_token_id
+    input_ids[:, -1] = config.sep_token_id
+    return input_ids
+
+
+def test_loss_is_generator_loss_plus_weighted_discriminator_loss():
+    config = ElectraConfig.from_preset("tiny")
+    output = ElectraPretrainingModel(config)(input_ids=token_batch(config), rng=torch.Generator().manual_seed(0))
+    expected = output.generator_loss + 50.0 * output.discriminator_loss
+    assert torch.allclose(output.loss, expected)
+    metrics = output.metrics()
+    assert set(metrics) >= {"generator_accuracy", "discriminator_accuracy", "replaced_fraction", "masked_tokens"}
+    # 15% of 30 maskable tokens per row, 8 rows
+    assert metrics["masked_tokens"] == 8 * round(30 * 0.15)
+    assert 0.0 < metrics["replaced_fraction"] <= 0.15
+
+
+def test_generator_and_discriminator_share_embeddings_and_the_generator_output_is_tied():
+    model = ElectraPretrainingModel(ElectraConfig.from_preset("small", num_hidden_layers=1))
+    assert model.generator.electra.embeddings is model.discriminator.electra.embeddings
+    assert model.generator.generator_lm_head.weight is model.discriminator.electra.embeddings.word_embeddings.weight
+    assert model.generator.config.hidden_size == 64  # Small's generator is a quarter as wide
+    assert model.generator.config.num_attention_heads == 1
+    assert model.generator.config.intermediate_size == 256
+
+
+def test_no_gradient_flows_from_the_discriminator_loss_into_the_generator():
+    config = ElectraConfig.from_preset("tiny")
+    model = ElectraPretrainingModel(config)
+    output = model(input_ids=token_batch(config), rng=torch.Generator().manual_seed(0))
+    output.discriminator_loss.backward()
+    generator_only = [p for name, p in model.generator.named_parameters() if not name.startswith("electra.embeddings")]
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in generator_only)
+    assert model.discriminator.electra.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_mlm_objective_trains_one_discriminator_sized_masked_lm():
+    config = ElectraConfig.from_preset("tiny", objective="mlm")
+    model = ElectraPretrainingModel(config)
+    assert model.discriminator is None
+    assert model.generator.config.hidden_size == config.hidden_size
+    output = model(input_ids=token_batch(config), rng=torch.Generator().manual_seed(0))
+    assert output.discriminator_loss is None and torch.equal(output.loss, output.generator_loss)
+
+
+def test_same_rng_seed_gives_the_same_loss_in_eval_mode():
+    config = ElectraConfig.from_preset("tiny")
+    model = ElectraPretrainingModel(config).eval()
+    inputs = token_batch(config)
+    first = model(input_ids=inputs, rng=torch.Generator().manual_seed(5)).loss
+    second = model(input_ids=inputs, rng=torch.Generator().manual_seed(5)).loss
+    third = model(input_ids=inputs, rng=torch.Generator().manual_seed(6)).loss
+    assert torch.equal(first, second) and not torch.equal(first, third)
+
+
+@pytest.mark.parametrize("objective", ["electra", "mlm"])
+def test_tiny_preset_overfits_one_batch_quickly(objective):
+    torch.manual_seed(0)
+    config = ElectraConfig.from_preset(
+        "tiny", objective=objective, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+    model = ElectraPretrainingModel(config).train()
+    inputs = token_batch(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    rng = torch.Generator().manual_seed(1)
+    losses = []
+    started = time.perf_counter()
+    for _ in range(400):
+        loss = model(input_ids=inputs, rng=rng).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+    elapsed = time.perf_counter() - started
+    assert sum(losses[-20:]) / 20 < 0.5 * sum(losses[:5]) / 5
+    assert elapsed < 30
+
+
+def test_pretraining_model_round_trips_through_save_and_load(tmp_path):
+    config = ElectraConfig.from_preset("tiny")
+    model = ElectraPretrainingModel(config).eval()
+    model.save_pretrained(str(tmp_path))
+    loaded = ElectraPretrainingModel.from_pretrained(str(tmp_path)).eval()
+    assert loaded.generator.electra.embeddings is loaded.discriminator.electra.embeddings
+    inputs = token_batch(config)
+    first = model(input_ids=inputs, rng=torch.Generator().manual_seed(3))
+    second = loaded(input_ids=inputs, rng=torch.Generator().manual_seed(3))
+    assert torch.equal(first.loss, second.loss)
+
+
+def test_mlm_model_round_trips_as_a_generator_only(tmp_path):
+    model = ElectraPretrainingModel(ElectraConfig.from_preset("tiny", objective="mlm"))
+    model.save_pretrained(str(tmp_path))
+    assert not (tmp_path / "discriminator").exists()
+    loaded = ElectraPretrainingModel.from_pretrained(str(tmp_path))
+    assert loaded.config.objective == "mlm" and loaded.discriminator is None
+
+
+def test_models_save_and_load_on_s3(s3_bucket):
+    config = ElectraConfig.from_preset("tiny", num_labels=2)
+    model = electra_core.ElectraForSequenceClassification(config).eval()
+    uri = f"{s3_bucket}/models/classifier"
+    model.save_pretrained(uri)
+    loaded = electra_core.ElectraForSequenceClassification.from_pretrained(uri).eval()
+    inputs = token_batch(config)
+    assert torch.equal(model(inputs).logits, loaded(inputs).logits)
+
+
+def test_discriminator_loads_into_a_classifier_with_a_fresh_head(tmp_path, caplog):
+    config = ElectraConfig.from_preset("tiny")
+    discriminator = electra_core.ElectraForPreTraining(config)
+    discriminator.save_pretrained(str(tmp_path))
+    with caplog.at_level("WARNING"):
+        classifier = electra_core.ElectraForSequenceClassification.from_pretrained(str(tmp_path), num_labels=4)
+    assert "classifier.out_proj.weight" in caplog.text
+    assert classifier.classifier.out_proj.out_features == 4
+    assert torch.equal(classifier.electra.embeddings.word_embeddings.weight,
+                       discriminator.electra.embeddings.word_embeddings.weight)
+
+
+def test_loading_weights_of_another_shape_names_the_file(tmp_path):
+    electra_core.ElectraForPreTraining(ElectraConfig.from_preset("tiny")).save_pretrained(str(tmp_path))
+    (tmp_path / "config.json").write_text((tmp_path / "config.json").read_text().replace('"hidden_size": 32', '"hidden_size": 64'))
+    with pytest.raises(ValueError, match="model.safetensors"):
+        electra_core.ElectraForPreTraining.from_pretrained(str(tmp_path))
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        electra_core.ElectraForPreTraining.from_pretrained(str(tmp_path / "nowhere"))
