@@ -116,22 +116,25 @@ class ElectraSelfAttention(nn.Module):
         return context.transpose(1, 2).reshape(batch, seq_len, width)
 
 
-class ElectraSelfOutput(nn.Module):
-    def __init__(self, config: ElectraConfig):
+class ElectraOutput(nn.Module):
+    """Projection back to hidden_size, dropout, residual, LayerNorm: closes both the attention block
+    (`attention.output`, from hidden_size) and the feed-forward block (`output`, from intermediate_size)."""
+
+    def __init__(self, config: ElectraConfig, input_size: int):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(input_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
-    def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(context)) + residual)
+    def forward(self, branch: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(branch)) + residual)
 
 
 class ElectraAttention(nn.Module):
     def __init__(self, config: ElectraConfig):
         super().__init__()
         self.self = ElectraSelfAttention(config)
-        self.output = ElectraSelfOutput(config)
+        self.output = ElectraOutput(config, config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor, attention_bias: torch.Tensor | None) -> torch.Tensor:
         return self.output(self.self(hidden_states, attention_bias), hidden_states)
@@ -147,17 +150,6 @@ class ElectraIntermediate(nn.Module):
         return self.act(self.dense(hidden_states))
 
 
-class ElectraOutput(nn.Module):
-    def __init__(self, config: ElectraConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = Dropout(config.hidden_dropout_prob)
-
-    def forward(self, intermediate: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(intermediate)) + residual)
-
-
 class ElectraLayer(nn.Module):
     """Post-LayerNorm transformer layer, as in BERT and ELECTRA."""
 
@@ -165,7 +157,7 @@ class ElectraLayer(nn.Module):
         super().__init__()
         self.attention = ElectraAttention(config)
         self.intermediate = ElectraIntermediate(config)
-        self.output = ElectraOutput(config)
+        self.output = ElectraOutput(config, config.intermediate_size)
 
     def forward(self, hidden_states: torch.Tensor, attention_bias: torch.Tensor | None) -> torch.Tensor:
         attended = self.attention(hidden_states, attention_bias)
@@ -421,15 +413,24 @@ class ElectraPretrainingModel(nn.Module):
     mlm: one discriminator-sized ElectraForMaskedLM, trained on 80% [MASK] / 10% random / 10% kept.
     """
 
-    def __init__(self, config: ElectraConfig, generator_config: ElectraConfig | None = None):
+    def __init__(
+        self,
+        config: ElectraConfig,
+        generator_config: ElectraConfig | None = None,
+        *,
+        generator: ElectraForMaskedLM | None = None,
+        discriminator: ElectraForPreTraining | None = None,
+    ):
+        """Builds fresh models from `config` (the discriminator's shape; the generator's is derived unless
+        given), or joins already loaded `generator` and `discriminator`."""
         super().__init__()
         self.config = config
         if config.objective == "mlm":
-            self.generator = ElectraForMaskedLM(config)
+            self.generator = generator or ElectraForMaskedLM(config)
             self.discriminator = None
             return
-        self.generator = ElectraForMaskedLM(generator_config or config.generator_config())
-        self.discriminator = ElectraForPreTraining(config)
+        self.generator = generator or ElectraForMaskedLM(generator_config or config.generator_config())
+        self.discriminator = discriminator or ElectraForPreTraining(config)
         self.share_embeddings()
 
     def share_embeddings(self) -> None:
@@ -507,11 +508,7 @@ class ElectraPretrainingModel(nn.Module):
         """Reads what save_pretrained wrote, or a published discriminator/generator pair in those folders."""
         generator = ElectraForMaskedLM.from_pretrained(join(uri, "generator"))
         if not exists(join(uri, "discriminator", "config.json")):
-            model = cls(generator.config.replace(objective="mlm", **config_overrides))
-            model.generator = generator
-            return model
+            return cls(generator.config.replace(objective="mlm", **config_overrides), generator=generator)
         discriminator = ElectraForPreTraining.from_pretrained(join(uri, "discriminator"))
-        model = cls(discriminator.config.replace(objective="electra", **config_overrides), generator.config)
-        model.generator, model.discriminator = generator, discriminator
-        model.share_embeddings()
-        return model
+        config = discriminator.config.replace(objective="electra", **config_overrides)
+        return cls(config, generator=generator, discriminator=discriminator)
