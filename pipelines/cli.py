@@ -13,6 +13,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="electra", description="ELECTRA pretraining pipeline on Ray.")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    prepare = commands.add_parser("prepare", help="tokenize raw text into Parquet shards with Ray Data")
+    prepare.add_argument("--input", nargs="+", dest="inputs", metavar="URI",
+                         help="files, directories or globs (.txt, .jsonl, .parquet; .gz/.bz2/.zst)")
+    prepare.add_argument("--output", metavar="URI", help="output directory (valid once _manifest.json exists)")
+    prepare.add_argument("--tokenizer", metavar="URI", help="tokenizer.json or its directory (default: train one)")
+    prepare.add_argument("--vocab-size", type=int, dest="vocab_size")
+    prepare.add_argument("--seq-len", type=int, dest="seq_len")
+    prepare.add_argument("--documents", choices=["blank_lines", "lines"],
+                         help=".txt documents are separated by blank lines (default) or are one per line")
+    prepare.add_argument("--workers", type=int, help="tokenizer actors (default: one per CPU)")
+    prepare.add_argument("--strict", action="store_const", const=True,
+                         help="exit 2 before committing if any input file fails")
+    add_common_flags(prepare)
+
     demo = commands.add_parser("demo", help="train a tiny ELECTRA on stdlib docstrings in one process and export it")
     demo.add_argument("--output", default="outputs/demo", help="output URI (default: outputs/demo)")
     demo.add_argument("--steps", type=int, default=300, help="optimizer steps (default: 300)")
@@ -20,7 +34,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="pipeline config (YAML); this command reads its section")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a config field, e.g. --set seq_len=256 (repeatable)")
+    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+
+
+def stage_flags(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    return {name: getattr(args, name) for name in names}
+
+
 def run_command(args: argparse.Namespace) -> None:
+    if args.command == "prepare":
+        from pipelines.config import PrepareConfig, build_stage_config
+        from pipelines.prepare import run_prepare
+
+        flags = stage_flags(args, ("inputs", "output", "tokenizer", "vocab_size", "seq_len", "documents",
+                                   "workers", "strict"))
+        config = build_stage_config(PrepareConfig, "prepare", args.config, flags, args.overrides)
+        run_prepare(config, address=args.address)
     if args.command == "demo":
         from pipelines.demo import DemoConfig, run_demo
 

@@ -1,0 +1,210 @@
+"""Typed stage configs: YAML -> dataclass -> CLI overrides -> validated -> saved with every output.
+
+Each stage declares one dataclass with a docstring under every field. A pipeline config file has one
+section per stage (`prepare:`, `pretrain:`, ...); a stage command reads its own section. Overrides come
+from the command's flags and from `--set key=value` (or `--set section.key=value`), parsed as YAML scalars.
+A wrong key or type is a one-line InputError naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import yaml
+
+from pipelines.errors import InputError
+
+T = TypeVar("T")
+
+
+@dataclass
+class PrepareConfig:
+    """`electra prepare`: raw text -> tokenized, packed Parquet shards + _manifest.json."""
+
+    inputs: list[str] = field(default_factory=list)
+    """Files, directories or globs on any storage URI: .txt, .jsonl, .parquet, optionally .gz/.bz2/.zst."""
+    output: str = ""
+    """Output directory URI; valid once its _manifest.json exists."""
+    tokenizer: str | None = None
+    """An existing tokenizer.json (or its directory). None: reuse the output's, or train one on the input."""
+    vocab_size: int = 30522
+    """WordPiece vocabulary size when a tokenizer is trained."""
+    tokenizer_sample_mb: float = 64.0
+    """Megabytes of input text (spread over the files) that a new tokenizer is trained on."""
+    seq_len: int = 128
+    """Tokens per training sequence, [CLS] and [SEP]s included."""
+    documents: str = "blank_lines"
+    """How .txt holds documents: `blank_lines` (separated by empty lines) or `lines` (one per line)."""
+    text_field: str = "text"
+    """Field of .jsonl records and column of .parquet files that holds the text."""
+    single_segment_prob: float = 0.1
+    """Share of sequences built as one segment ([CLS] A [SEP]) rather than two, as in reference ELECTRA."""
+    short_seq_prob: float = 0.05
+    """Share of sequences given a random shorter target length, as in reference ELECTRA."""
+    seed: int = 12345
+    """Seed of the packing choices; the output is a deterministic function of inputs, config and seed."""
+    split_mb: float = 16.0
+    """Uncompressed text files are processed in byte ranges of this size (compressed files whole)."""
+    shard_rows: int = 16384
+    """Most sequences in one Parquet shard."""
+    max_line_chars: int = 1_000_000
+    """Longer lines are cut (at whitespace where possible) so memory stays bounded."""
+    workers: int = 0
+    """Tokenizer actors; 0 means one per CPU of the Ray cluster."""
+    strict: bool = False
+    """Exit with status 2, before committing, when any input file fails to read."""
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 8:
+            raise ValueError(f"seq_len must be at least 8, got {self.seq_len}")
+        if self.documents not in ("blank_lines", "lines"):
+            raise ValueError(f"documents must be 'blank_lines' or 'lines', got {self.documents!r}")
+        for name in ("single_segment_prob", "short_seq_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("vocab_size", "shard_rows", "max_line_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.split_mb <= 0 or self.tokenizer_sample_mb <= 0:
+            raise ValueError("split_mb and tokenizer_sample_mb must be positive")
+        if self.workers < 0:
+            raise ValueError(f"workers must be 0 (one per CPU) or more, got {self.workers}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building configs from YAML, flags and --set
+# ----------------------------------------------------------------------------------------------------------
+
+
+def load_yaml(uri: str) -> dict[str, Any]:
+    """A YAML mapping from a local path or storage URI."""
+    from electra_core import storage
+
+    try:
+        data = yaml.safe_load(storage.read_text(uri))
+    except FileNotFoundError:
+        raise InputError(f"{uri}: config file not found") from None
+    except yaml.YAMLError as error:
+        raise InputError(f"{uri}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{uri}: a config file must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def build_stage_config(
+    cls: type[T],
+    section: str,
+    config_file: str | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> T:
+    """The stage config from (in rising priority) defaults, the file's `section`, flags and --set overrides."""
+    values: dict[str, Any] = {}
+    if config_file:
+        data = load_yaml(config_file)
+        stage = data.get(section, {})
+        if not isinstance(stage, dict):
+            raise InputError(f"{config_file}: section {section!r} must be a mapping")
+        values.update(_check_keys(cls, stage, f"{config_file}: {section}"))
+    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+    for item in overrides or []:
+        key, value = parse_override(item, section)
+        values.update(_check_keys(cls, {key: value}, "--set"))
+    return from_dict(cls, values, where=config_file or "command line")
+
+
+def parse_override(item: str, section: str) -> tuple[str, Any]:
+    """`key=value` or `section.key=value` -> (key, YAML-parsed value)."""
+    if "=" not in item:
+        raise InputError(f"--set {item!r}: expected key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if key.startswith(section + "."):
+        key = key[len(section) + 1:]
+    elif "." in key:
+        raise InputError(f"--set {item!r}: this command reads section {section!r}, not {key.split('.')[0]!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _check_keys(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise InputError(f"{where}: unknown key {key!r}{hint}")
+    return values
+
+
+def from_dict(cls: type[T], values: dict[str, Any], where: str) -> T:
+    """Builds `cls` from plain values, checking each against its field's type."""
+    hints = typing.get_type_hints(cls)
+    converted = {}
+    for key, value in _check_keys(cls, values, where).items():
+        try:
+            converted[key] = coerce(value, hints[key])
+        except (TypeError, ValueError) as error:
+            raise InputError(f"{where}: {key}: {error}") from None
+    try:
+        return cls(**converted)
+    except ValueError as error:
+        raise InputError(f"{where}: {error}") from None
+
+
+def coerce(value: Any, annotation: Any) -> Any:
+    """`value` as `annotation` (int, float, str, bool, list[...], X | None); raises TypeError when it is not."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return coerce(value, option)
+            except (TypeError, ValueError) as error:
+                errors.append(str(error))
+        raise TypeError("; ".join(errors))
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [coerce(item, item_type) for item in items]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError(f"expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise TypeError(f"expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain data for saving next to outputs."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,6 @@
+"""`electra prepare`: raw text -> tokenized, packed Parquet shards + _manifest.json (Ray Data)."""
+
+from pipelines.prepare.manifest import load_committed_dataset, read_manifest
+from pipelines.prepare.stage import run_prepare
+
+__all__ = ["load_committed_dataset", "read_manifest", "run_prepare"]

@@ -1,0 +1,400 @@
+"""Input files: finding them, probing them, cutting them into work units, and reading their text.
+
+Reading never holds more than one bounded block of a file in memory: lines longer than max_line_chars
+are cut into pieces, compressed files are streamed, Parquet is read a row group at a time.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import pyarrow.parquet as pq
+
+from electra_core import storage
+from pipelines.errors import InputError
+
+COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd", ".xz": "xz"}
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+GLOB_CHARS = set("*?[")
+PROBE_BYTES = 8192
+READ_BLOCK = 1 << 20
+# A new document starts here: emitted between documents by read_split.
+DOCUMENT_BREAK = None
+# Very long lines are split into sentences so that segments A and B stay meaningful.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_LONG_LINE = 1000
+
+
+@dataclass
+class InputFile:
+    """One input file as found at the start of a run."""
+
+    uri: str
+    size: int
+    fingerprint: str
+    format: str
+    compression: str | None
+
+
+@dataclass
+class Split:
+    """A unit of work: a byte range of an uncompressed text file, a whole compressed file, or row groups."""
+
+    file_index: int
+    split_index: int
+    uri: str
+    format: str
+    compression: str | None
+    start: int
+    end: int  # exclusive; -1 means to the end
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Split":
+        return cls(**json.loads(text))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Finding files
+# ----------------------------------------------------------------------------------------------------------
+
+
+def discover(inputs: list[str]) -> list[InputFile]:
+    """Every file named by `inputs` (files, directories searched recursively, globs), sorted and deduplicated.
+
+    An input that matches nothing, or a file that cannot be opened, is an InputError before any work starts.
+    Names starting with '.' or '_' inside directories (hidden files, commit markers) are left out.
+    """
+    if not inputs:
+        raise InputError("no --input given")
+    found: dict[str, InputFile] = {}
+    for uri in inputs:
+        fs, path = _filesystem(uri)
+        for file_path in _expand(fs, path, uri):
+            file_uri = _full_uri(fs, file_path, uri)
+            if file_uri not in found:
+                found[file_uri] = _describe(fs, file_path, file_uri)
+    return [found[uri] for uri in sorted(found)]
+
+
+def _filesystem(uri: str):
+    try:
+        return storage.filesystem(uri)
+    except (ValueError, ImportError) as error:
+        raise InputError(f"{uri}: cannot open this location ({error})") from None
+
+
+def _expand(fs, path: str, uri: str) -> list[str]:
+    try:
+        if GLOB_CHARS & set(path):
+            matches = [p for p in fs.glob(path) if fs.isfile(p)]
+            if not matches:
+                raise InputError(f"{uri}: no files match")
+            return sorted(matches)
+        if fs.isdir(path):
+            files = sorted(p for p in fs.find(path) if not _hidden(p, path))
+            if not files:
+                raise InputError(f"{uri}: directory holds no input files")
+            return files
+        if fs.isfile(path):
+            return [path]
+    except PermissionError:
+        raise InputError(f"{uri}: permission denied") from None
+    raise InputError(f"{uri}: no such file or directory")
+
+
+def _hidden(file_path: str, root: str) -> bool:
+    relative = file_path[len(root.rstrip("/")) + 1:]
+    return any(part.startswith((".", "_")) for part in relative.split("/"))
+
+
+def _full_uri(fs, path: str, original: str) -> str:
+    return fs.unstrip_protocol(path) if "://" in original else path
+
+
+def _describe(fs, path: str, uri: str) -> InputFile:
+    try:
+        info = fs.info(path)
+        with fs.open(path, "rb") as handle:
+            handle.read(1)
+    except PermissionError:
+        raise InputError(f"{uri}: permission denied") from None
+    except (FileNotFoundError, IsADirectoryError):
+        raise InputError(f"{uri}: no such file") from None
+    except OSError as error:
+        raise InputError(f"{uri}: cannot be read ({error})") from None
+    version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+    fingerprint = hashlib.sha256(f"{info.get('size')}:{version}".encode()).hexdigest()[:16]
+    compression, file_format = detect_format(path)
+    return InputFile(uri=uri, size=int(info.get("size") or 0), fingerprint=fingerprint,
+                     format=file_format, compression=compression)
+
+
+def detect_format(path: str) -> tuple[str | None, str]:
+    """(compression, format) from the file name: format is text unless it ends in .jsonl or .parquet."""
+    name = path.lower()
+    compression = None
+    for suffix, kind in COMPRESSIONS.items():
+        if name.endswith(suffix):
+            compression, name = kind, name[: -len(suffix)]
+            break
+    for suffix, kind in FORMATS.items():
+        if name.endswith(suffix):
+            return compression, kind
+    return compression, "text"
+
+
+def probe(file: InputFile) -> str | None:
+    """Why `file` should be skipped or has failed, judged from its first bytes; None when it looks readable.
+
+    Returns 'empty', 'binary: ...' or 'failed: ...' (a corrupt compressed stream, say).
+    """
+    if file.size == 0:
+        return "empty"
+    try:
+        with _open_binary(file) as handle:
+            head = handle.read(PROBE_BYTES)
+    except Exception as error:  # any decompression or read error: this file fails, the run goes on
+        return f"failed: {_describe_error(error)}"
+    if not head:
+        return "empty"
+    if file.format == "parquet":
+        return None if head.startswith(b"PAR1") else "binary: not a Parquet file (no PAR1 magic)"
+    if b"\x00" in head:
+        return "binary: NUL bytes in the first 8 KiB"
+    return None
+
+
+def _describe_error(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _open_binary(file: InputFile):
+    fs, path = storage.filesystem(file.uri)
+    return fs.open(path, "rb", compression=file.compression)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cutting files into splits
+# ----------------------------------------------------------------------------------------------------------
+
+
+def make_splits(file_index: int, file: InputFile, split_bytes: int) -> list[Split]:
+    """Byte ranges for uncompressed text and JSONL, row groups for Parquet, one split for compressed files."""
+    if file.format == "parquet":
+        fs, path = storage.filesystem(file.uri)
+        with fs.open(path, "rb") as handle:
+            groups = pq.ParquetFile(handle).num_row_groups
+        return [Split(file_index, i, file.uri, file.format, None, i, i + 1) for i in range(groups)]
+    if file.compression is not None or file.size <= split_bytes:
+        return [Split(file_index, 0, file.uri, file.format, file.compression, 0, -1)]
+    starts = range(0, file.size, split_bytes)
+    return [
+        Split(file_index, i, file.uri, file.format, None, start, min(start + split_bytes, file.size))
+        for i, start in enumerate(starts)
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading text: sentences and document breaks
+# ----------------------------------------------------------------------------------------------------------
+
+
+class ReadStats:
+    """What reading one split saw, beyond its text."""
+
+    def __init__(self) -> None:
+        self.documents = 0
+        self.bad_records = 0
+        self.invalid_utf8 = 0
+        self.bytes_read = 0
+
+
+_replacements = threading.local()
+
+
+def _count_and_replace(error: UnicodeDecodeError):
+    _replacements.count = getattr(_replacements, "count", 0) + 1
+    return "\ufffd", error.end
+
+
+codecs.register_error("electra-count-replace", _count_and_replace)
+
+
+def _decode(data: bytes, stats: ReadStats) -> str:
+    _replacements.count = 0
+    text = data.decode("utf-8", errors="electra-count-replace")
+    stats.invalid_utf8 += _replacements.count
+    return text
+
+
+def read_split(split: Split, documents: str, text_field: str, max_line_chars: int,
+               stats: ReadStats) -> Iterator[str | None]:
+    """Sentences of a split, with DOCUMENT_BREAK (None) between documents."""
+    if split.format == "parquet":
+        yield from _parquet_documents(split, text_field, max_line_chars, stats)
+    elif split.format == "jsonl":
+        yield from _jsonl_documents(split, text_field, max_line_chars, stats)
+    else:
+        yield from _text_documents(split, documents, max_line_chars, stats)
+
+
+def _text_documents(split: Split, documents: str, max_line_chars: int, stats: ReadStats) -> Iterator[str | None]:
+    in_document = False
+    for raw_line, continues in _bounded_lines(split, max_line_chars, stats):
+        line = _decode(raw_line, stats).strip()
+        if not line:
+            if in_document and documents == "blank_lines":
+                yield DOCUMENT_BREAK
+                in_document = False
+            continue
+        if not in_document:
+            stats.documents += 1
+            in_document = True
+        yield from _sentences(line)
+        if documents == "lines" and not continues:
+            yield DOCUMENT_BREAK
+            in_document = False
+
+
+def _jsonl_documents(split: Split, text_field: str, max_line_chars: int, stats: ReadStats) -> Iterator[str | None]:
+    for raw_line, continues in _bounded_lines(split, max_line_chars * 4, stats):
+        if continues or not raw_line.strip():
+            stats.bad_records += bool(continues)  # a record longer than the bound is refused, not split
+            continue
+        try:
+            record = json.loads(_decode(raw_line, stats))
+            text = record[text_field]
+        except (ValueError, KeyError, TypeError):
+            stats.bad_records += 1
+            continue
+        if not isinstance(text, str):
+            stats.bad_records += 1
+            continue
+        yield from _document(text, max_line_chars, stats)
+
+
+def _parquet_documents(split: Split, text_field: str, max_line_chars: int, stats: ReadStats) -> Iterator[str | None]:
+    fs, path = storage.filesystem(split.uri)
+    with fs.open(path, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        if text_field not in parquet.schema_arrow.names:
+            raise ValueError(f"no {text_field!r} column (columns: {', '.join(parquet.schema_arrow.names)})")
+        for group in range(split.start, split.end):
+            stats.bytes_read += parquet.metadata.row_group(group).total_byte_size
+            for batch in parquet.iter_batches(batch_size=1024, row_groups=[group], columns=[text_field]):
+                for text in batch.column(0).to_pylist():
+                    if not isinstance(text, str):
+                        stats.bad_records += 1
+                        continue
+                    yield from _document(text, max_line_chars, stats)
+
+
+def _document(text: str, max_line_chars: int, stats: ReadStats) -> Iterator[str | None]:
+    """One record's text as one document; its lines (cut to max_line_chars) are its sentences."""
+    emitted = False
+    for line in text.splitlines():
+        for start in range(0, len(line), max_line_chars):
+            piece = line[start: start + max_line_chars].strip()
+            if piece:
+                emitted = True
+                yield from _sentences(piece)
+    if emitted:
+        stats.documents += 1
+        yield DOCUMENT_BREAK
+
+
+def _sentences(line: str) -> Iterator[str]:
+    if len(line) <= _LONG_LINE:
+        yield line
+        return
+    for sentence in _SENTENCE_END.split(line):
+        if sentence:
+            yield sentence
+
+
+def _bounded_lines(split: Split, max_bytes: int, stats: ReadStats) -> Iterator[tuple[bytes, bool]]:
+    """(line, continues) for the lines that start inside the split; `continues` marks a piece of a line
+    longer than max_bytes, whose rest follows. Pieces end at whitespace where there is one, and never inside
+    a UTF-8 character, so memory stays bounded by max_bytes plus one read block."""
+    fs, path = storage.filesystem(split.uri)
+    with fs.open(path, "rb", compression=split.compression) as handle:
+        line_start = split.start
+        if split.start > 0:
+            # A line belongs to the split in which it starts: skip the one in progress at `start`.
+            handle.seek(split.start - 1)
+            line_start = split.start - 1 + _skip_past_newline(handle)
+        end = split.end if split.end >= 0 else float("inf")
+        buffer, consumed = b"", 0  # consumed: bytes of the current line already given out as pieces
+        while line_start < end:
+            block = handle.read(READ_BLOCK)
+            buffer += block
+            lines = buffer.split(b"\n")
+            buffer = lines.pop()
+            for line in lines:
+                if line_start >= end:
+                    return
+                stats.bytes_read += len(line) + 1
+                yield line, False
+                line_start += consumed + len(line) + 1
+                consumed = 0
+            while len(buffer) > max_bytes and line_start < end:
+                piece, buffer = _cut(buffer, max_bytes)
+                stats.bytes_read += len(piece)
+                consumed += len(piece)
+                yield piece, True
+            if not block:
+                if buffer and line_start < end:
+                    stats.bytes_read += len(buffer)
+                    yield buffer, False
+                return
+
+
+def _skip_past_newline(handle) -> int:
+    skipped = 0
+    while True:
+        block = handle.read(READ_BLOCK)
+        if not block:
+            return skipped
+        newline = block.find(b"\n")
+        if newline >= 0:
+            handle.seek(handle.tell() - len(block) + newline + 1)
+            return skipped + newline + 1
+        skipped += len(block)
+
+
+def _cut(data: bytes, limit: int) -> tuple[bytes, bytes]:
+    cut = data.rfind(b" ", limit // 2, limit)
+    if cut < 0:
+        cut = limit
+        while cut > 0 and (data[cut] & 0xC0) == 0x80:  # don't split a multi-byte UTF-8 character
+            cut -= 1
+    return data[:cut], data[cut:]
+
+
+def read_sample(files: list[InputFile], documents: str, text_field: str, max_line_chars: int,
+                budget_bytes: int) -> Iterator[str]:
+    """Sentences from the start of each file, an equal share of budget_bytes per file, for tokenizer training."""
+    share = max(1, budget_bytes // max(1, len(files)))
+    for index, file in enumerate(files):
+        if probe(file) is not None:
+            continue
+        split = make_splits(index, file, split_bytes=1 << 62)[0]
+        stats = ReadStats()
+        try:
+            for sentence in read_split(split, documents, text_field, max_line_chars, stats):
+                if sentence is not DOCUMENT_BREAK:
+                    yield sentence
+                if stats.bytes_read >= share:
+                    break
+        except Exception:  # a corrupt file is reported by the main pass; the sample just stops there
+            continue

@@ -1,0 +1,396 @@
+"""The prepare stage: find inputs, settle the tokenizer, tokenize new files on Ray Data, commit a manifest.
+
+Skeleton: parse config -> plan (what is new since the last manifest) -> run (an actor pool over splits:
+read, normalise, tokenize, pack, write Parquet) -> commit (_manifest.json last) -> result record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import time
+import uuid
+from dataclasses import asdict
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from electra_core import storage
+from electra_core.tokenizer import CLS, SEP, TOKENIZER_FILE, save_tokenizer, train_tokenizer
+from pipelines.config import PrepareConfig, to_dict
+from pipelines.errors import InputError
+from pipelines.prepare import manifest as manifests
+from pipelines.prepare.packing import SequencePacker
+from pipelines.prepare.sources import (
+    DOCUMENT_BREAK,
+    InputFile,
+    ReadStats,
+    Split,
+    discover,
+    make_splits,
+    probe,
+    read_sample,
+    read_split,
+)
+
+# Text handed to the tokenizer at once: large enough for encode_batch to be efficient, small enough to bound memory.
+TOKENIZE_BLOCK_CHARS = 1 << 20
+# Config fields that change the sequences a file yields; a change re-tokenizes everything.
+_CONTENT_FIELDS = ("seq_len", "documents", "text_field", "single_segment_prob", "short_seq_prob", "seed",
+                   "split_mb", "shard_rows", "max_line_chars")
+
+
+def run_prepare(config: PrepareConfig, address: str | None = None, log: Callable[[str], None] = print) -> dict:
+    """Runs the stage; returns {output, manifest, skipped, seconds}. Bad input raises InputError."""
+    started = time.perf_counter()
+    if not config.output:
+        raise InputError("--output is required")
+    files = discover(config.inputs)
+    previous = manifests.read_manifest(config.output)
+    tokenizer_json = resolve_tokenizer(config, previous, files, log)
+    tokenizer_sha = hashlib.sha256(tokenizer_json.encode()).hexdigest()
+    content_key = content_fingerprint(config, tokenizer_sha)
+
+    # --- plan: reuse what the last manifest already holds for unchanged files ---------------------------
+    reusable = {}
+    if previous is not None and previous.get("content_fingerprint") == content_key:
+        reusable = {(entry["uri"], entry["fingerprint"]): entry for entry in previous["files"]}
+    kept = [reusable[(f.uri, f.fingerprint)] for f in files if (f.uri, f.fingerprint) in reusable]
+    new_files = [f for f in files if (f.uri, f.fingerprint) not in reusable]
+    if previous is not None and not new_files and len(kept) == len(previous["files"]):
+        counts = previous["counts"]
+        log(f"electra prepare: {config.output} is up to date ({counts['files']} files, "
+            f"{counts['sequences']:,} sequences); nothing to do")
+        return {"output": config.output, "manifest": previous, "skipped": True,
+                "seconds": time.perf_counter() - started}
+    if kept:
+        log(f"electra prepare: {len(kept)} files unchanged since the last run; tokenizing {len(new_files)} new")
+
+    # --- run ---------------------------------------------------------------------------------------------
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    publish_tokenizer(config.output, tokenizer_json, tokenizer_sha)
+    new_entries, new_shards = tokenize_files(new_files, config, tokenizer_json, content_key, run_id, address, log)
+
+    # --- commit ------------------------------------------------------------------------------------------
+    failed = [entry for entry in new_entries if entry["status"] == "failed"]
+    for entry in failed:
+        log(f"warning: {entry['uri']}: {entry['reason']}")
+    if failed and config.strict:
+        raise InputError(f"{failed[0]['uri']}: {failed[0]['reason']} (--strict; {len(failed)} files failed, "
+                         "nothing committed)")
+    kept_shards = [s for s in (previous or {}).get("shards", []) if s["source"] in {e["uri"] for e in kept}]
+    manifest = build_manifest(config, kept + new_entries, kept_shards + new_shards, tokenizer_json,
+                              tokenizer_sha, content_key, previous, run_id)
+    manifests.write_manifest(config.output, manifest)
+    remove_unlisted_shards(config.output, manifest)
+
+    seconds = time.perf_counter() - started
+    counts = manifest["counts"]
+    megabytes = sum(f.size for f in new_files) / 1e6
+    log(f"electra prepare: {counts['files']} files ({counts['files_failed']} failed, {counts['files_skipped']} "
+        f"skipped), {counts['documents']:,} documents, {counts['sequences']:,} sequences, {counts['tokens']:,} "
+        f"tokens, pad {counts['pad_fraction']:.1%}; {megabytes:.1f} MB new in {seconds:.1f} s "
+        f"({megabytes / seconds:.2f} MB/s) -> {manifests.manifest_uri(config.output)}")
+    return {"output": config.output, "manifest": manifest, "skipped": False, "seconds": seconds}
+
+
+def content_fingerprint(config: PrepareConfig, tokenizer_sha: str) -> str:
+    settings = {name: getattr(config, name) for name in _CONTENT_FIELDS}
+    return hashlib.sha256(json.dumps([settings, tokenizer_sha], sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tokenizer
+# ----------------------------------------------------------------------------------------------------------
+
+
+def resolve_tokenizer(config: PrepareConfig, previous: dict | None, files: list[InputFile], log) -> str:
+    """tokenizer.json text: the one given, else the output's own (so re-runs agree), else one trained."""
+    if config.tokenizer:
+        uri = config.tokenizer if config.tokenizer.endswith(".json") else storage.join(config.tokenizer, TOKENIZER_FILE)
+        return _validated_tokenizer(uri)
+    own = storage.join(config.output, TOKENIZER_FILE)
+    if previous is not None and storage.exists(own):
+        return _validated_tokenizer(own)
+    budget = int(config.tokenizer_sample_mb * 1e6)
+    log(f"electra prepare: training a WordPiece tokenizer (vocab {config.vocab_size:,}) on up to "
+        f"{config.tokenizer_sample_mb:g} MB of the input")
+    sample = read_sample(files, config.documents, config.text_field, config.max_line_chars, budget)
+    tokenizer = train_tokenizer(sample, vocab_size=config.vocab_size)
+    if tokenizer.get_vocab_size() <= 5:
+        raise InputError(f"{config.inputs[0]}: no readable text to train a tokenizer on")
+    return tokenizer.to_str()
+
+
+def _validated_tokenizer(uri: str) -> str:
+    from tokenizers import Tokenizer
+
+    try:
+        text = storage.read_text(uri)
+        tokenizer = Tokenizer.from_str(text)
+    except FileNotFoundError:
+        raise InputError(f"{uri}: tokenizer not found") from None
+    except Exception as error:  # tokenizers raises a bare Exception for malformed files
+        raise InputError(f"{uri}: not a valid tokenizer.json ({error})") from None
+    if tokenizer.token_to_id(CLS) is None or tokenizer.token_to_id(SEP) is None:
+        raise InputError(f"{uri}: tokenizer has no {CLS} and {SEP} tokens")
+    return text
+
+
+def publish_tokenizer(output: str, tokenizer_json: str, tokenizer_sha: str) -> None:
+    """Writes tokenizer.json (plus the transformers side files) at the output's root, unless already there."""
+    own = storage.join(output, TOKENIZER_FILE)
+    if storage.exists(own) and hashlib.sha256(storage.read_bytes(own)).hexdigest() == tokenizer_sha:
+        return
+    from tokenizers import Tokenizer
+
+    save_tokenizer(Tokenizer.from_str(tokenizer_json), output)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tokenizing on Ray Data
+# ----------------------------------------------------------------------------------------------------------
+
+
+def tokenize_files(files: list[InputFile], config: PrepareConfig, tokenizer_json: str, content_key: str,
+                   run_id: str, address: str | None, log) -> tuple[list[dict], list[dict]]:
+    """Manifest entries for `files` and the shards of those that were read."""
+    entries: list[dict] = []
+    splits: list[Split] = []
+    for index, file in enumerate(files):
+        entry = {**asdict(file), "status": "read", "reason": None, "documents": 0, "sequences": 0, "tokens": 0,
+                 "slots": 0, "invalid_utf8": 0, "bad_records": 0, "bytes_read": 0, "prepared_in": run_id}
+        entries.append(entry)
+        verdict = probe(file)
+        if verdict is not None:
+            status, _, reason = verdict.partition(": ")
+            entry["status"] = {"empty": "empty", "binary": "skipped", "failed": "failed"}[status]
+            entry["reason"] = reason or None
+            continue
+        try:
+            splits.extend(make_splits(index, file, int(config.split_mb * 1e6)))
+        except Exception as error:  # unreadable Parquet footer and the like
+            entry["status"], entry["reason"] = "failed", f"{type(error).__name__}: {error}"
+
+    shards_by_file: dict[int, list[dict]] = {}
+    for result in run_split_actors(splits, config, tokenizer_json, content_key, address, log):
+        entry = entries[result["file_index"]]
+        for name in ("documents", "sequences", "tokens", "slots", "invalid_utf8", "bad_records", "bytes_read"):
+            entry[name] += result[name]
+        if result["error"] and entry["status"] != "failed":
+            entry["status"], entry["reason"] = "failed", result["error"]
+        for shard in result["shards"]:
+            shard["source"] = entry["uri"]
+        shards_by_file.setdefault(result["file_index"], []).extend(result["shards"])
+
+    shards = []
+    for index, entry in enumerate(entries):
+        file_shards = sorted(shards_by_file.get(index, []), key=lambda shard: shard["path"])
+        if entry["status"] == "failed":
+            # Nothing of a failed file is committed: a reader never sees part of it.
+            entry.update(documents=0, sequences=0, tokens=0, slots=0)
+            _delete_quietly([storage.join(config.output, shard["path"]) for shard in file_shards])
+        else:
+            shards.extend(file_shards)
+    return entries, shards
+
+
+def run_split_actors(splits: list[Split], config: PrepareConfig, tokenizer_json: str, content_key: str,
+                     address: str | None, log) -> list[dict]:
+    if not splits:
+        return []
+    from pipelines.ray_runtime import cluster_cpus, ensure_ray
+
+    ensure_ray(address)
+    import ray.data
+
+    workers = min(config.workers or cluster_cpus(), len(splits))
+    log(f"electra prepare: {len(splits)} splits on {workers} tokenizer actors")
+    dataset = ray.data.from_items([{"split": split.to_json()} for split in splits],
+                                  override_num_blocks=len(splits))
+    results = dataset.map_batches(
+        SplitTokenizer,
+        fn_constructor_kwargs={"tokenizer_json": tokenizer_json, "config": to_dict(config),
+                               "content_key": content_key},
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=1,
+    )
+    return [json.loads(row["result"]) for row in results.iter_rows()]
+
+
+class SplitTokenizer:
+    """Ray Data actor: loads the tokenizer once, then reads, tokenizes, packs and writes each split it gets."""
+
+    def __init__(self, tokenizer_json: str, config: dict, content_key: str):
+        # One tokenizer thread per actor: the actor pool already has one actor per CPU.
+        os.environ["RAYON_NUM_THREADS"] = "1"
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.config = PrepareConfig(**config)
+        self.content_key = content_key
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        results = [process_split(Split.from_json(str(text)), self.tokenizer, self.config, self.content_key)
+                   for text in batch["split"]]
+        return {"result": [json.dumps(result) for result in results]}
+
+
+def process_split(split: Split, tokenizer, config: PrepareConfig, content_key: str) -> dict:
+    """Reads one split and writes its shards; errors are returned, not raised, so the run goes on."""
+    stats = ReadStats()
+    packer = SequencePacker(
+        config.seq_len, tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP),
+        random.Random(f"{config.seed}:{split.uri}:{split.split_index}"),
+        config.single_segment_prob, config.short_seq_prob,
+    )
+    file_key = hashlib.sha256(f"{split.uri}|{content_key}".encode()).hexdigest()[:16]
+    writer = ShardWriter(config.output, f"shards/{file_key}-{split.split_index:05d}", config.shard_rows,
+                         config.seq_len)
+    error = None
+    try:
+        block: list[str | None] = []
+        block_chars = 0
+        for sentence in read_split(split, config.documents, config.text_field, config.max_line_chars, stats):
+            block.append(sentence)
+            block_chars += len(sentence) if sentence is not DOCUMENT_BREAK else 0
+            if block_chars >= TOKENIZE_BLOCK_CHARS:
+                _tokenize_and_pack(block, tokenizer, packer, writer)
+                block, block_chars = [], 0
+        block.append(DOCUMENT_BREAK)
+        _tokenize_and_pack(block, tokenizer, packer, writer)
+        writer.flush(final=True)
+    except Exception as failure:  # a corrupt or truncated file fails alone; the others carry on
+        error = f"{type(failure).__name__}: {str(failure).strip().splitlines()[0] if str(failure).strip() else ''}"
+    return {"file_index": split.file_index, "split_index": split.split_index, "shards": writer.shards,
+            "documents": stats.documents, "sequences": writer.rows, "tokens": writer.tokens,
+            "slots": writer.rows * config.seq_len, "invalid_utf8": stats.invalid_utf8,
+            "bad_records": stats.bad_records, "bytes_read": stats.bytes_read, "error": error}
+
+
+def _tokenize_and_pack(block: list[str | None], tokenizer, packer: SequencePacker, writer: "ShardWriter") -> None:
+    sentences = [item for item in block if item is not DOCUMENT_BREAK]
+    encodings = iter(tokenizer.encode_batch_fast(sentences, add_special_tokens=False))
+    for item in block:
+        if item is DOCUMENT_BREAK:
+            packer.end_document()
+        else:
+            ids = next(encodings).ids
+            if ids:
+                packer.add_sentence(np.asarray(ids, dtype=np.int32))
+    writer.add(*packer.take())
+
+
+class ShardWriter:
+    """Buffers packed sequences and writes them as zstd Parquet shards of at most `rows_per_shard` rows."""
+
+    def __init__(self, output: str, prefix: str, rows_per_shard: int, seq_len: int):
+        self.output, self.prefix, self.rows_per_shard = output, prefix, rows_per_shard
+        self.sequences: list[np.ndarray] = []
+        self.token_types: list[np.ndarray] = []
+        self.shards: list[dict] = []
+        self.rows = 0
+        self.tokens = 0
+
+    def add(self, sequences: list[np.ndarray], token_types: list[np.ndarray]) -> None:
+        self.sequences.extend(sequences)
+        self.token_types.extend(token_types)
+        self.flush(final=False)
+
+    def flush(self, final: bool) -> None:
+        while len(self.sequences) >= self.rows_per_shard or (final and self.sequences):
+            count = min(len(self.sequences), self.rows_per_shard)
+            self._write(self.sequences[:count], self.token_types[:count])
+            del self.sequences[:count], self.token_types[:count]
+
+    def _write(self, sequences: list[np.ndarray], token_types: list[np.ndarray]) -> None:
+        path = f"{self.prefix}-{len(self.shards):04d}.parquet"
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int32, count=len(sequences))
+        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+        table = pa.table({
+            "input_ids": pa.ListArray.from_arrays(offsets, pa.array(np.concatenate(sequences))),
+            "token_type_ids": pa.ListArray.from_arrays(offsets, pa.array(np.concatenate(token_types))),
+        })
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd")
+        data = sink.getvalue()
+        storage.write_bytes(storage.join(self.output, path), data)
+        tokens = int(lengths.sum())
+        self.shards.append({"path": path, "rows": len(sequences), "tokens": tokens, "bytes": len(data),
+                            "sha256": hashlib.sha256(data).hexdigest()})
+        self.rows += len(sequences)
+        self.tokens += tokens
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Commit
+# ----------------------------------------------------------------------------------------------------------
+
+
+def build_manifest(config: PrepareConfig, entries: list[dict], shards: list[dict], tokenizer_json: str,
+                   tokenizer_sha: str, content_key: str, previous: dict | None, run_id: str) -> dict:
+    from tokenizers import Tokenizer
+
+    read = [e for e in entries if e["status"] == "read"]
+    sequences = sum(e["sequences"] for e in read)
+    tokens = sum(e["tokens"] for e in read)
+    slots = sum(e["slots"] for e in read)
+    runs = list((previous or {}).get("runs", []))
+    runs.append({"run_id": run_id, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "files_added": [e["uri"] for e in entries if e["prepared_in"] == run_id]})
+    manifest = {
+        "kind": manifests.KIND,
+        "schema_version": manifests.SCHEMA_VERSION,
+        "run_id": run_id,
+        "config": to_dict(config),
+        "content_fingerprint": content_key,
+        "seq_len": config.seq_len,
+        "tokenizer": {"path": TOKENIZER_FILE, "sha256": tokenizer_sha,
+                      "vocab_size": Tokenizer.from_str(tokenizer_json).get_vocab_size()},
+        "counts": {
+            "files": len(entries),
+            "files_read": len(read),
+            "files_empty": sum(e["status"] == "empty" for e in entries),
+            "files_skipped": sum(e["status"] == "skipped" for e in entries),
+            "files_failed": sum(e["status"] == "failed" for e in entries),
+            "documents": sum(e["documents"] for e in read),
+            "sequences": sequences,
+            "tokens": tokens,
+            "pad_fraction": 1.0 - tokens / slots if slots else 0.0,
+            "invalid_utf8": sum(e["invalid_utf8"] for e in entries),
+            "bad_records": sum(e["bad_records"] for e in entries),
+        },
+        "files": entries,
+        "shards": shards,
+        "runs": runs,
+    }
+    manifest["dataset_fingerprint"] = manifests.fingerprint(manifest)
+    return manifest
+
+
+def remove_unlisted_shards(output: str, manifest: dict) -> None:
+    """Deletes shard files no manifest refers to (left by a changed config, a failed file or a killed run)."""
+    fs, path = storage.filesystem(storage.join(output, "shards"))
+    if not fs.exists(path):
+        return
+    listed = {shard["path"].split("/")[-1] for shard in manifest["shards"]}
+    stale = [p for p in fs.find(path) if p.rsplit("/", 1)[-1] not in listed]
+    if stale:
+        fs.rm(stale)
+
+
+def _delete_quietly(uris: list[str]) -> None:
+    for uri in uris:
+        try:
+            fs, path = storage.filesystem(uri)
+            fs.rm(path)
+        except FileNotFoundError:
+            pass
