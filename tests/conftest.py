@@ -10,26 +10,38 @@ import pytest
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """moto's S3-compatible server on 127.0.0.1 for the whole session; yields its endpoint URL."""
+    """moto's S3-compatible server on 127.0.0.1 for the whole session; yields its endpoint URL.
+
+    The endpoint and dummy credentials go into the process environment for the whole session, so that Ray
+    workers started later (the local_ray fixture) inherit them, as they would on a configured cluster.
+    """
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+    endpoint = f"http://{host}:{port}"
+    saved = {key: os.environ.get(key) for key in _S3_ENVIRONMENT}
+    os.environ.update({**_S3_ENVIRONMENT, "AWS_ENDPOINT_URL": endpoint})
+    yield endpoint
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     server.stop()
 
 
+_S3_ENVIRONMENT = {"AWS_ENDPOINT_URL": "", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                   "AWS_DEFAULT_REGION": "us-east-1"}
+
+
 @pytest.fixture
-def s3_bucket(s3_server, monkeypatch):
-    """A fresh bucket on the moto server, with the environment pointing boto/s3fs at it; yields s3://bucket."""
+def s3_bucket(s3_server):
+    """A fresh bucket on the moto server; yields s3://bucket."""
     import boto3
     import s3fs
 
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
     s3fs.S3FileSystem.clear_instance_cache()

@@ -152,28 +152,27 @@ def detect_format(path: str) -> tuple[str | None, str]:
     return compression, "text"
 
 
-def probe(file: InputFile) -> str | None:
-    """Why `file` should be skipped or has failed, judged from its first bytes; None when it looks readable.
-
-    Returns 'empty', 'binary: ...' or 'failed: ...' (a corrupt compressed stream, say).
-    """
+def probe(file: InputFile) -> tuple[str, str | None] | None:
+    """(status, reason) when `file` is to be recorded without reading it, judged from its first bytes:
+    ('empty', None), ('skipped', 'binary file: ...') or ('failed', a corrupt compressed stream, say).
+    None when it looks readable."""
     if file.size == 0:
-        return "empty"
+        return "empty", None
     try:
         with _open_binary(file) as handle:
             head = handle.read(PROBE_BYTES)
     except Exception as error:  # any decompression or read error: this file fails, the run goes on
-        return f"failed: {_describe_error(error)}"
+        return "failed", describe_error(error)
     if not head:
-        return "empty"
+        return "empty", None
     if file.format == "parquet":
-        return None if head.startswith(b"PAR1") else "binary: not a Parquet file (no PAR1 magic)"
+        return None if head.startswith(b"PAR1") else ("skipped", "binary file: not Parquet (no PAR1 magic)")
     if b"\x00" in head:
-        return "binary: NUL bytes in the first 8 KiB"
+        return "skipped", "binary file: NUL bytes in the first 8 KiB"
     return None
 
 
-def _describe_error(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 

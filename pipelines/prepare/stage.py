@@ -35,6 +35,7 @@ from pipelines.prepare.sources import (
     make_splits,
     probe,
     read_sample,
+    describe_error,
     read_split,
 )
 
@@ -168,14 +169,12 @@ def tokenize_files(files: list[InputFile], config: PrepareConfig, tokenizer_json
         entries.append(entry)
         verdict = probe(file)
         if verdict is not None:
-            status, _, reason = verdict.partition(": ")
-            entry["status"] = {"empty": "empty", "binary": "skipped", "failed": "failed"}[status]
-            entry["reason"] = reason or None
+            entry["status"], entry["reason"] = verdict
             continue
         try:
             splits.extend(make_splits(index, file, int(config.split_mb * 1e6)))
         except Exception as error:  # unreadable Parquet footer and the like
-            entry["status"], entry["reason"] = "failed", f"{type(error).__name__}: {error}"
+            entry["status"], entry["reason"] = "failed", describe_error(error)
 
     shards_by_file: dict[int, list[dict]] = {}
     for result in run_split_actors(splits, config, tokenizer_json, content_key, address, log):
@@ -269,7 +268,7 @@ def process_split(split: Split, tokenizer, config: PrepareConfig, content_key: s
         _tokenize_and_pack(block, tokenizer, packer, writer)
         writer.flush(final=True)
     except Exception as failure:  # a corrupt or truncated file fails alone; the others carry on
-        error = f"{type(failure).__name__}: {str(failure).strip().splitlines()[0] if str(failure).strip() else ''}"
+        error = describe_error(failure)
     return {"file_index": split.file_index, "split_index": split.split_index, "shards": writer.shards,
             "documents": stats.documents, "sequences": writer.rows, "tokens": writer.tokens,
             "slots": writer.rows * config.seq_len, "invalid_utf8": stats.invalid_utf8,

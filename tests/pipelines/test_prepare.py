@@ -1,0 +1,360 @@
+"""`electra prepare` on a real local Ray: what a user gets in the output directory, and how it behaves."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+import electra_core
+from electra_core import storage
+from pipelines.cli import main
+from pipelines.config import PrepareConfig
+from pipelines.prepare import load_committed_dataset, run_prepare
+from pipelines.errors import InputError
+from tests.pipelines.conftest import make_sentences
+
+pytestmark = pytest.mark.usefixtures("local_ray")
+
+
+def prepare(inputs, output, **settings):
+    logs: list[str] = []
+    settings.setdefault("vocab_size", 300)
+    result = run_prepare(PrepareConfig(inputs=[str(i) for i in inputs], output=str(output), **settings),
+                         log=logs.append)
+    return result, "\n".join(logs)
+
+
+def read_shards(output: str, manifest: dict, source: str | None = None) -> list[tuple[list[int], list[int]]]:
+    """Rows of the listed shards in manifest order, after checking each shard's checksum and row count."""
+    rows = []
+    for shard in manifest["shards"]:
+        if source is not None and shard["source"] != source:
+            continue
+        data = storage.read_bytes(storage.join(output, shard["path"]))
+        assert hashlib.sha256(data).hexdigest() == shard["sha256"]
+        table = pq.read_table(io.BytesIO(data))
+        assert table.num_rows == shard["rows"]
+        rows.extend(zip(table["input_ids"].to_pylist(), table["token_type_ids"].to_pylist()))
+    return rows
+
+
+def token_stream(rows, special_ids) -> list[int]:
+    return [token for ids, _ in rows for token in ids if token not in special_ids]
+
+
+def write_documents(path, documents: list[list[str]]) -> None:
+    path.write_text("\n\n".join("\n".join(sentences) for sentences in documents) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What the output holds
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_sequences_decode_back_to_the_input_text_and_counts_agree(tmp_path):
+    documents = [make_sentences(40, seed=i) for i in range(3)]
+    write_documents(tmp_path / "a.txt", documents)
+    result, _ = prepare([tmp_path / "a.txt"], tmp_path / "out", seq_len=64)
+
+    manifest = load_committed_dataset(str(tmp_path / "out"))
+    tokenizer = electra_core.load_tokenizer(str(tmp_path / "out"))
+    rows = read_shards(str(tmp_path / "out"), manifest)
+    special = {tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")}
+
+    sentences = [sentence for document in documents for sentence in document]
+    expected = [t for s in sentences for t in tokenizer.encode(s, add_special_tokens=False).ids]
+    assert token_stream(rows, special) == expected
+    assert tokenizer.decode(token_stream(rows, special)) == " ".join(sentences)
+
+    counts = manifest["counts"]
+    assert counts["sequences"] == len(rows) == sum(s["rows"] for s in manifest["shards"])
+    assert counts["tokens"] == sum(len(ids) for ids, _ in rows)
+    assert counts["documents"] == 3
+    assert manifest["tokenizer"]["sha256"] == hashlib.sha256((tmp_path / "out" / "tokenizer.json").read_bytes()).hexdigest()
+    assert manifest["config"]["seq_len"] == 64 and result["skipped"] is False
+
+
+def test_sequences_are_cls_a_sep_b_sep_with_segment_ids(tmp_path):
+    write_documents(tmp_path / "a.txt", [make_sentences(400)])
+    prepare([tmp_path / "a.txt"], tmp_path / "out", seq_len=64)
+    manifest = load_committed_dataset(str(tmp_path / "out"))
+    tokenizer = electra_core.load_tokenizer(str(tmp_path / "out"))
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    rows = read_shards(str(tmp_path / "out"), manifest)
+
+    two_segments = 0
+    for ids, types in rows:
+        assert len(ids) <= 64 and len(ids) == len(types)
+        assert ids[0] == cls and ids[-1] == sep
+        separators = [i for i, token in enumerate(ids) if token == sep]
+        if len(separators) == 2:
+            two_segments += 1
+            assert set(types[: separators[0] + 1]) == {0} and set(types[separators[0] + 1:]) == {1}
+        else:
+            assert separators == [len(ids) - 1] and set(types) == {0}
+    # About 10% single-segment and 5% short sequences, as in the reference implementation.
+    assert 0.75 < two_segments / len(rows) < 0.97
+    assert sum(len(ids) < 64 for ids, _ in rows) / len(rows) < 0.15
+
+
+def test_packing_is_dense(tmp_path):
+    """One sentence a line, like the review corpus: at most 5% of token slots are padding."""
+    (tmp_path / "reviews.txt").write_text("\n".join(make_sentences(6000)) + "\n")
+    prepare([tmp_path / "reviews.txt"], tmp_path / "out", seq_len=128)
+    assert load_committed_dataset(str(tmp_path / "out"))["counts"]["pad_fraction"] <= 0.05
+
+
+def test_reads_jsonl_parquet_and_compressed_text(tmp_path):
+    sentences = make_sentences(60)
+    (tmp_path / "docs.jsonl").write_text(
+        "\n".join(json.dumps({"text": s, "id": i}) for i, s in enumerate(sentences[:20]))
+        + "\nnot json at all\n" + json.dumps({"title": "no text field"}) + "\n"
+    )
+    pq.write_table(pa.table({"text": sentences[20:30] + [None]}), tmp_path / "docs.parquet")
+    (tmp_path / "a.txt.gz").write_bytes(gzip.compress("\n".join(sentences[30:40]).encode()))
+    (tmp_path / "b.txt.bz2").write_bytes(bz2.compress("\n".join(sentences[40:50]).encode()))
+    (tmp_path / "c.txt.zst").write_bytes(zstandard.ZstdCompressor().compress("\n".join(sentences[50:]).encode()))
+
+    prepare([tmp_path], tmp_path / "out")
+    manifest = load_committed_dataset(str(tmp_path / "out"))
+    by_name = {os.path.basename(f["uri"]): f for f in manifest["files"]}
+
+    assert {name: f["status"] for name, f in by_name.items()} == dict.fromkeys(by_name, "read")
+    assert by_name["docs.jsonl"]["documents"] == 20 and by_name["docs.jsonl"]["bad_records"] == 2
+    assert by_name["docs.parquet"]["documents"] == 10 and by_name["docs.parquet"]["bad_records"] == 1
+    for name in ("a.txt.gz", "b.txt.bz2", "c.txt.zst"):
+        assert by_name[name]["sequences"] > 0 and by_name[name]["tokens"] > 0
+    assert manifest["counts"]["bad_records"] == 3
+    tokenizer = electra_core.load_tokenizer(str(tmp_path / "out"))
+    special = {tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")}
+    zst_rows = read_shards(str(tmp_path / "out"), manifest, source=by_name["c.txt.zst"]["uri"])
+    assert tokenizer.decode(token_stream(zst_rows, special)) == " ".join(sentences[50:])
+
+
+def test_large_text_files_are_split_into_byte_ranges_without_losing_or_repeating_lines(tmp_path):
+    sentences = make_sentences(3000)
+    (tmp_path / "big.txt").write_text("\n".join(sentences) + "\n")
+    prepare([tmp_path / "big.txt"], tmp_path / "out", split_mb=0.05, documents="lines")
+    manifest = load_committed_dataset(str(tmp_path / "out"))
+    assert len({shard["path"].split("-")[1] for shard in manifest["shards"]}) > 3  # several splits
+    assert manifest["files"][0]["documents"] == 3000  # each line once, whichever split it starts in
+    tokenizer = electra_core.load_tokenizer(str(tmp_path / "out"))
+    special = {tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")}
+    stream = token_stream(read_shards(str(tmp_path / "out"), manifest), special)
+    assert stream == [t for s in sentences for t in tokenizer.encode(s, add_special_tokens=False).ids]
+
+
+def test_given_tokenizer_is_used_and_copied_into_the_output(tmp_path):
+    tokenizer = electra_core.train_tokenizer(make_sentences(200), vocab_size=150)
+    electra_core.save_tokenizer(tokenizer, str(tmp_path / "tok"))
+    (tmp_path / "a.txt").write_text("\n".join(make_sentences(50)))
+    prepare([tmp_path / "a.txt"], tmp_path / "out", tokenizer=str(tmp_path / "tok"))
+    assert (tmp_path / "out" / "tokenizer.json").read_text() == (tmp_path / "tok" / "tokenizer.json").read_text()
+    assert load_committed_dataset(str(tmp_path / "out"))["tokenizer"]["vocab_size"] == 150
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Re-runs
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_rerun_with_unchanged_inputs_writes_nothing_and_says_so_quickly(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("\n".join(make_sentences(200)))
+    prepare([tmp_path / "in"], tmp_path / "out")
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")}
+
+    started = time.perf_counter()
+    result, logs = prepare([tmp_path / "in"], tmp_path / "out")
+    assert time.perf_counter() - started < 5
+    assert result["skipped"] and "up to date" in logs
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")} == before
+
+
+def test_new_files_are_tokenized_alone_and_added_under_a_new_manifest(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("\n".join(make_sentences(200, seed=1)))
+    prepare([tmp_path / "in"], tmp_path / "out")
+    first = load_committed_dataset(str(tmp_path / "out"))
+
+    (tmp_path / "in" / "b.txt").write_text("\n".join(make_sentences(200, seed=2)))
+    result, logs = prepare([tmp_path / "in"], tmp_path / "out")
+    second = load_committed_dataset(str(tmp_path / "out"))
+
+    assert "1 files unchanged" in logs and "tokenizing 1 new" in logs
+    old_entry, new_entry = second["files"]
+    assert old_entry["prepared_in"] == first["run_id"] and new_entry["prepared_in"] == second["run_id"]
+    assert second["shards"][: len(first["shards"])] == first["shards"]  # old shards kept as they were
+    assert second["counts"]["sequences"] > first["counts"]["sequences"]
+    assert second["tokenizer"]["sha256"] == first["tokenizer"]["sha256"]
+    assert [run["files_added"] for run in second["runs"]] == [[old_entry["uri"]], [new_entry["uri"]]]
+
+
+def test_changed_settings_rebuild_everything_and_remove_the_old_shards(tmp_path):
+    (tmp_path / "a.txt").write_text("\n".join(make_sentences(300)))
+    prepare([tmp_path / "a.txt"], tmp_path / "out", seq_len=64)
+    old_paths = {s["path"] for s in load_committed_dataset(str(tmp_path / "out"))["shards"]}
+    prepare([tmp_path / "a.txt"], tmp_path / "out", seq_len=32)
+    manifest = load_committed_dataset(str(tmp_path / "out"))
+    assert manifest["seq_len"] == 32
+    on_disk = {str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out" / "shards").iterdir()}
+    assert on_disk == {s["path"] for s in manifest["shards"]} and not on_disk & old_paths
+
+
+def test_a_run_killed_mid_write_leaves_no_manifest_and_the_next_run_completes(tmp_path):
+    (tmp_path / "in").mkdir()
+    for i in range(4):
+        (tmp_path / "in" / f"part{i}.txt").write_text("\n".join(make_sentences(20000, seed=i)))
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "pipelines.cli", "prepare", "--input", str(tmp_path / "in"),
+               "--output", str(output), "--vocab-size", "300", "--workers", "1", "--set", "split_mb=0.2",
+               "--set", "shard_rows=200"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((output / "shards").glob("*.parquet")):
+            time.sleep(0.1)
+        assert list((output / "shards").glob("*.parquet")), "the run wrote no shard in time"
+        os.killpg(process.pid, 9)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, 9)
+    assert not (output / "_manifest.json").exists()
+    with pytest.raises(InputError, match="_manifest.json"):
+        load_committed_dataset(str(output))
+
+    prepare([tmp_path / "in"], output, workers=1, split_mb=0.2, shard_rows=200)
+    manifest = load_committed_dataset(str(output))
+    rows = read_shards(str(output), manifest)
+    assert manifest["counts"]["files_read"] == 4 and len(rows) == manifest["counts"]["sequences"]
+    on_disk = {str(p.relative_to(output)) for p in (output / "shards").iterdir()}
+    assert on_disk == {s["path"] for s in manifest["shards"]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_every_kind_of_bad_file_is_accounted_for_and_the_rest_is_read(tmp_path):
+    good = make_sentences(100)
+    (tmp_path / "good.txt").write_text("\n".join(good))
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me and more text here\n".encode("latin-1") * 3)
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)
+    truncated = gzip.compress(("\n".join(make_sentences(3000))).encode())
+    (tmp_path / "truncated.txt.gz").write_bytes(truncated[: len(truncated) // 2])
+
+    result, logs = prepare([tmp_path], tmp_path / "out")
+    manifest = load_committed_dataset(str(tmp_path / "out"))
+    by_name = {os.path.basename(f["uri"]): f for f in manifest["files"]}
+
+    assert by_name["good.txt"]["status"] == "read" and by_name["good.txt"]["sequences"] > 0
+    assert by_name["latin1.txt"]["status"] == "read" and by_name["latin1.txt"]["invalid_utf8"] == 6
+    assert by_name["empty.txt"]["status"] == "empty"
+    assert by_name["image.png"]["status"] == "skipped" and "binary" in by_name["image.png"]["reason"]
+    assert by_name["truncated.txt.gz"]["status"] == "failed" and by_name["truncated.txt.gz"]["reason"]
+    assert "warning: " in logs and "truncated.txt.gz" in logs
+    # Nothing of the failed file is in the dataset.
+    assert not [s for s in manifest["shards"] if s["source"] == by_name["truncated.txt.gz"]["uri"]]
+    assert manifest["counts"]["files"] == 5 and manifest["counts"]["files_failed"] == 1
+
+
+def test_strict_mode_exits_2_before_committing(tmp_path, capsys):
+    (tmp_path / "good.txt").write_text("\n".join(make_sentences(100)))
+    data = gzip.compress("\n".join(make_sentences(2000)).encode())
+    (tmp_path / "bad.txt.gz").write_bytes(data[: len(data) // 2])
+    status = main(["prepare", "--input", str(tmp_path / "good.txt"), str(tmp_path / "bad.txt.gz"),
+                   "--output", str(tmp_path / "out"), "--vocab-size", "300", "--strict"])
+    assert status == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "bad.txt.gz" in error[0]
+    assert not (tmp_path / "out" / "_manifest.json").exists()
+
+
+def test_a_giant_line_without_newline_is_split_with_bounded_memory(tmp_path):
+    """A 50 MB line, read in bounded pieces: peak Python memory stays far below the file's size."""
+    import random
+    import tracemalloc
+
+    from pipelines.prepare.sources import InputFile, make_splits
+    from pipelines.prepare.stage import process_split
+
+    rng = random.Random(0)
+    words = [f"w{rng.randint(0, 999)}" for _ in range(2000)]
+    with open(tmp_path / "giant.txt", "w") as handle:
+        while handle.tell() < 50_000_000:
+            handle.write(" ".join(words) + " ")
+    size = (tmp_path / "giant.txt").stat().st_size
+    tokenizer = electra_core.train_tokenizer([" ".join(words)], vocab_size=1200)
+    config = PrepareConfig(inputs=[str(tmp_path)], output=str(tmp_path / "out"), shard_rows=4096)
+    split = make_splits(0, InputFile(str(tmp_path / "giant.txt"), size, "x", "text", None), split_bytes=1 << 62)[0]
+
+    tracemalloc.start()
+    result = process_split(split, tokenizer, config, content_key="test")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+
+    assert result["error"] is None
+    assert result["bytes_read"] == size
+    assert result["tokens"] > size / 6
+    assert peak < 80_000_000  # the file is 50 MB of text; a whole-line read would hold several times that
+
+
+def test_missing_input_exits_2_naming_it_before_any_work(tmp_path, capsys):
+    status = main(["prepare", "--input", str(tmp_path / "nope.txt"), "--output", str(tmp_path / "out")])
+    assert status == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "nope.txt" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_glob_and_a_wrong_config_key_exit_2(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("hello there\n")
+    assert main(["prepare", "--input", str(tmp_path / "*.jsonl"), "--output", str(tmp_path / "out")]) == 2
+    assert "no files match" in capsys.readouterr().err
+    assert main(["prepare", "--input", str(tmp_path), "--output", str(tmp_path / "out"),
+                 "--set", "seq_lenn=64"]) == 2
+    assert "seq_len" in capsys.readouterr().err
+
+
+def test_reading_a_directory_without_a_manifest_is_refused(tmp_path):
+    (tmp_path / "shards").mkdir()
+    with pytest.raises(InputError, match="no _manifest.json"):
+        load_committed_dataset(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Object storage
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_input_and_output_on_s3(s3_bucket, tmp_path):
+    sentences = make_sentences(300)
+    storage.write_text(f"{s3_bucket}/raw/a.txt", "\n".join(sentences[:150]))
+    storage.write_bytes(f"{s3_bucket}/raw/b.txt.gz", gzip.compress("\n".join(sentences[150:]).encode()))
+    output = f"{s3_bucket}/prepared"
+
+    prepare([f"{s3_bucket}/raw"], output, seq_len=64)
+    manifest = load_committed_dataset(output)
+    assert [f["status"] for f in manifest["files"]] == ["read", "read"]
+    assert all(f["uri"].startswith("s3://") for f in manifest["files"])
+    rows = read_shards(output, manifest)
+    assert len(rows) == manifest["counts"]["sequences"] > 0
+
+    result, logs = prepare([f"{s3_bucket}/raw"], output, seq_len=64)
+    assert result["skipped"] and "up to date" in logs
