@@ -48,7 +48,7 @@ class PrepareConfig:
     """Share of sequences given a random shorter target length, as in reference ELECTRA."""
     seed: int = 12345
     """Seed of the packing choices; the output is a deterministic function of inputs, config and seed."""
-    split_mb: float = 16.0
+    split_mb: float = 4.0
     """Uncompressed text files are processed in byte ranges of this size (compressed files whole)."""
     shard_rows: int = 16384
     """Most sequences in one Parquet shard."""

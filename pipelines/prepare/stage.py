@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import random
@@ -277,14 +278,19 @@ def process_split(split: Split, tokenizer, config: PrepareConfig, content_key: s
 
 def _tokenize_and_pack(block: list[str | None], tokenizer, packer: SequencePacker, writer: "ShardWriter") -> None:
     sentences = [item for item in block if item is not DOCUMENT_BREAK]
-    encodings = iter(tokenizer.encode_batch_fast(sentences, add_special_tokens=False))
+    id_lists = [encoding.ids for encoding in tokenizer.encode_batch_fast(sentences, add_special_tokens=False)]
+    # One array for the whole block; sentences are views into it (one conversion instead of one per sentence).
+    ends = list(itertools.accumulate(len(ids) for ids in id_lists))
+    flat = np.fromiter(itertools.chain.from_iterable(id_lists), dtype=np.int32, count=ends[-1] if ends else 0)
+    sentence = 0
     for item in block:
         if item is DOCUMENT_BREAK:
             packer.end_document()
-        else:
-            ids = next(encodings).ids
-            if ids:
-                packer.add_sentence(np.asarray(ids, dtype=np.int32))
+            continue
+        start = ends[sentence - 1] if sentence else 0
+        if ends[sentence] > start:
+            packer.add_sentence(flat[start: ends[sentence]])
+        sentence += 1
     writer.add(*packer.take())
 
 
