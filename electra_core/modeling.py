@@ -508,7 +508,7 @@ class ElectraPretrainingModel(nn.Module):
         """Reads what save_pretrained wrote, or a published discriminator/generator pair in those folders."""
         generator = ElectraForMaskedLM.from_pretrained(join(uri, "generator"))
         if not exists(join(uri, "discriminator", "config.json")):
-            return cls(generator.config.replace(objective="mlm", **config_overrides), generator=generator)
+            return cls(generator.config.replace(**{"objective": "mlm", **config_overrides}), generator=generator)
         discriminator = ElectraForPreTraining.from_pretrained(join(uri, "discriminator"))
-        config = discriminator.config.replace(objective="electra", **config_overrides)
+        config = discriminator.config.replace(**{"objective": "electra", **config_overrides})
         return cls(config, generator=generator, discriminator=discriminator)

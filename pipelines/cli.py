@@ -27,6 +27,22 @@ def build_parser() -> argparse.ArgumentParser:
                          help="exit 2 before committing if any input file fails")
     add_common_flags(prepare)
 
+    pretrain = commands.add_parser("pretrain", help="pretrain ELECTRA with Ray Train + DeepSpeed ZeRO")
+    pretrain.add_argument("--data", metavar="URI", help="an `electra prepare` output")
+    pretrain.add_argument("--storage", metavar="URI", help="where runs live (default: outputs/runs)")
+    pretrain.add_argument("--name", help="run name; the same name resumes the run")
+    pretrain.add_argument("--preset", choices=["tiny", "small", "base", "large"])
+    pretrain.add_argument("--objective", choices=["electra", "mlm"])
+    for flag, kind in (("workers", int), ("gpus-per-worker", int), ("cpus-per-worker", int), ("zero-stage", int),
+                       ("global-batch-size", int), ("micro-batch-size", int), ("max-steps", int), ("lr", float),
+                       ("warmup-steps", int), ("checkpoint-every", int), ("keep-checkpoints", int),
+                       ("max-failures", int), ("seed", int)):
+        pretrain.add_argument(f"--{flag}", type=kind, dest=flag.replace("-", "_"))
+    pretrain.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    pretrain.add_argument("--init-from", metavar="URI", dest="init_from",
+                          help="continue from a Hugging Face discriminator/ + generator/ pair")
+    add_common_flags(pretrain)
+
     demo = commands.add_parser("demo", help="train a tiny ELECTRA on stdlib docstrings in one process and export it")
     demo.add_argument("--output", default="outputs/demo", help="output URI (default: outputs/demo)")
     demo.add_argument("--steps", type=int, default=300, help="optimizer steps (default: 300)")
@@ -54,6 +70,15 @@ def run_command(args: argparse.Namespace) -> None:
                                    "workers", "strict"))
         config = build_stage_config(PrepareConfig, "prepare", args.config, flags, args.overrides)
         run_prepare(config, address=args.address)
+    if args.command == "pretrain":
+        from pipelines.config import PretrainConfig, build_stage_config
+        from pipelines.pretrain import run_pretrain
+
+        names = ("data", "storage", "name", "preset", "objective", "workers", "gpus_per_worker", "cpus_per_worker",
+                 "zero_stage", "precision", "global_batch_size", "micro_batch_size", "max_steps", "lr",
+                 "warmup_steps", "checkpoint_every", "keep_checkpoints", "max_failures", "init_from", "seed")
+        config = build_stage_config(PretrainConfig, "pretrain", args.config, stage_flags(args, names), args.overrides)
+        run_pretrain(config, address=args.address)
     if args.command == "demo":
         from pipelines.demo import DemoConfig, run_demo
 

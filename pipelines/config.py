@@ -76,6 +76,112 @@ class PrepareConfig:
             raise ValueError(f"workers must be 0 (one per CPU) or more, got {self.workers}")
 
 
+PRESET_LEARNING_RATES = {"tiny": 1e-3, "small": 5e-4, "base": 2e-4, "large": 2e-4}
+
+
+@dataclass
+class PretrainConfig:
+    """`electra pretrain`: Ray Train + DeepSpeed ZeRO pretraining with checkpoints on object storage."""
+
+    data: str = ""
+    """A committed `electra prepare` output (its _manifest.json is required)."""
+    storage: str = "outputs/runs"
+    """Where runs live (local path or s3://...); the run's directory is STORAGE/NAME."""
+    name: str = ""
+    """Run name. Running the same command again resumes the run from its last good checkpoint."""
+    preset: str = "small"
+    """Model shape: tiny, small, base or large (the paper's table)."""
+    objective: str = "electra"
+    """electra (replaced-token detection) or mlm (the BERT-style baseline on the same encoder)."""
+    model: dict = field(default_factory=dict)
+    """ElectraConfig fields that override the preset (e.g. {num_hidden_layers: 6})."""
+    workers: int = 1
+    """Ray Train workers (data-parallel ranks)."""
+    gpus_per_worker: int = 0
+    """0 trains on CPU over gloo in fp32; 1 trains on one GPU per worker over NCCL."""
+    cpus_per_worker: int = 1
+    """CPUs reserved for each worker; its torch uses as many threads."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3."""
+    precision: str = "auto"
+    """fp32, bf16 or fp16; auto is bf16 on GPU and fp32 on CPU."""
+    global_batch_size: int = 128
+    """Sequences per optimizer step across all workers; the same for any number of workers."""
+    micro_batch_size: int = 32
+    """Sequences per forward pass on one worker; gradient accumulation makes up the rest."""
+    max_steps: int = 1000
+    """Optimizer steps of the whole run."""
+    lr: float | None = None
+    """Peak learning rate; None takes the paper's for the preset (5e-4 Small, 2e-4 Base/Large)."""
+    warmup_steps: int | None = None
+    """Linear warmup, then linear decay to zero; None means min(10,000, 10% of max_steps)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to biases and LayerNorm weights)."""
+    adam_epsilon: float = 1e-6
+    """AdamW epsilon, as in ELECTRA."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clipping."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (a last one is always taken at the end)."""
+    keep_checkpoints: int = 3
+    """Newest checkpoints kept in storage."""
+    max_failures: int = 3
+    """Worker-group restarts (from the last checkpoint) before the run is given up."""
+    init_from: str | None = None
+    """A Hugging Face-format export (discriminator/ and generator/) to continue pretraining from."""
+    seed: int = 0
+    """Seed of initialisation, data order (with the epoch) and masking (with the step)."""
+    log_every: int = 10
+    """Steps between metric lines (metrics.jsonl, MLflow, progress)."""
+    shuffle_window: int = 8
+    """Shards whose rows are shuffled together; data order is a function of (seed, epoch)."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI for live metrics; None: MLFLOW_TRACKING_URI if set, else no MLflow."""
+    record_sample_ids: bool = False
+    """Write the ids of the samples each step consumed to samples.jsonl (for audits and tests)."""
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESET_LEARNING_RATES:
+            raise ValueError(f"preset must be one of {sorted(PRESET_LEARNING_RATES)}, got {self.preset!r}")
+        if self.objective not in ("electra", "mlm"):
+            raise ValueError(f"objective must be electra or mlm, got {self.objective!r}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.gpus_per_worker not in (0, 1):
+            raise ValueError(f"gpus_per_worker must be 0 or 1, got {self.gpus_per_worker}")
+        if self.gpus_per_worker == 0 and self.precision in ("bf16", "fp16"):
+            raise ValueError(f"precision {self.precision} needs GPUs (gpus_per_worker: 1); CPU runs train in fp32")
+        for name in ("workers", "cpus_per_worker", "global_batch_size", "micro_batch_size", "max_steps", "checkpoint_every",
+                     "keep_checkpoints", "log_every", "shuffle_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.global_batch_size % (self.micro_batch_size * self.workers):
+            raise ValueError(f"global_batch_size ({self.global_batch_size}) must be a multiple of micro_batch_size "
+                             f"x workers ({self.micro_batch_size} x {self.workers})")
+        if self.name and ("/" in self.name or self.name.startswith(".")):
+            raise ValueError(f"name must be a plain directory name, got {self.name!r}")
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.global_batch_size // (self.micro_batch_size * self.workers)
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else PRESET_LEARNING_RATES[self.preset]
+
+    @property
+    def warmup(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else min(10_000, self.max_steps // 10)
+
+    @property
+    def resolved_precision(self) -> str:
+        if self.precision != "auto":
+            return self.precision
+        return "bf16" if self.gpus_per_worker else "fp32"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Building configs from YAML, flags and --set
 # ----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,199 @@
+"""The training checkpoint format: what is saved, how it is verified, how it is found and restored.
+
+A checkpoint is world-size independent: full fp32 parameters and full AdamW moments (gathered from the
+ZeRO partitions), so it restores on any number of workers and any ZeRO stage. Files:
+
+    model.safetensors       fp32 master weights, by parameter name
+    optimizer.safetensors   exp_avg/NAME and exp_avg_sq/NAME
+    trainer_state.json      step, samples consumed, optimizer step count, configs, dataset fingerprint
+    _checkpoint.json        every file above with its size and sha256; written last
+
+No pickle: everything is safetensors or JSON. Randomness needs no saved state: data order, masking and
+dropout are functions of (seed, step, micro-batch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
+
+from electra_core import storage
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "electra-checkpoint"
+VERSION = 1
+MARKER = "_checkpoint.json"
+MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "trainer_state.json"
+DIRECTORY_PREFIX = "checkpoint_"
+
+
+def directory_name(step: int) -> str:
+    return f"{DIRECTORY_PREFIX}{step:09d}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Gathering and restoring state through DeepSpeed
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _base_optimizer(engine):
+    """The torch optimizer under DeepSpeed's wrappers (ZeRO and bf16 wrap it; stage 0 fp32 does not)."""
+    optimizer = engine.optimizer
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _link_optimizer_states(engine, create: bool) -> None:
+    """Makes DeepSpeed's per-parameter views of the Adam moments current.
+
+    ZeRO and the bf16 optimizer link those views once, right after the first optimizer step; with more than
+    one parameter group the later groups have no state yet at that moment and stay unlinked. Before a restore
+    (no step taken yet) the states are created first, as zeros, so they can be written into.
+    """
+    base = _base_optimizer(engine)
+    if create:
+        for group in base.param_groups:
+            for flat in group["params"]:
+                if flat not in base.state or "exp_avg" not in base.state[flat]:
+                    base.state[flat] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(flat),
+                                        "exp_avg_sq": torch.zeros_like(flat)}
+    if hasattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state"):
+        engine.optimizer._hp_optimizer_states_linked = False
+        engine.optimizer._lazy_init_hp_params_optimizer_state()
+
+
+def gather_full_state(engine) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
+    """(fp32 parameters, Adam moments, optimizer step) in full on every rank. A collective: all ranks call it."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    base = _base_optimizer(engine)
+    _link_optimizer_states(engine, create=False)
+    params, moments = {}, {}
+    for name, param in engine.module.named_parameters():
+        full = safe_get_full_fp32_param(param)
+        params[name] = (param.detach() if full is None else full).float().cpu().clone()
+        for key in ("exp_avg", "exp_avg_sq"):
+            value = safe_get_full_optimizer_state(param, key)
+            if value is None:  # stage 0 in fp32: the torch optimizer holds per-parameter state
+                value = base.state.get(param, {}).get(key, torch.zeros_like(param))
+            moments[f"{key}/{name}"] = value.float().cpu().clone()
+    steps = [state["step"] for state in base.state.values() if "step" in state]
+    return params, moments, int(steps[0]) if steps else 0
+
+
+def load_module_weights(module: torch.nn.Module, params: dict[str, torch.Tensor]) -> None:
+    """Before deepspeed.initialize: the module's own weights, exactly (fp32)."""
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            param.copy_(params[name])
+
+
+def restore_optimizer_state(engine, params: dict[str, torch.Tensor], moments: dict[str, torch.Tensor],
+                            optimizer_step: int) -> None:
+    """After deepspeed.initialize: fp32 masters, Adam moments and step count, into whatever partitioning
+    this run uses."""
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    base = _base_optimizer(engine)
+    _link_optimizer_states(engine, create=True)
+    for name, param in engine.module.named_parameters():
+        if hasattr(param, "_hp_mapping") or hasattr(param, "ds_id"):
+            device = param.device
+            safe_set_full_fp32_param(param, params[name].to(device))
+            for key in ("exp_avg", "exp_avg_sq"):
+                safe_set_full_optimizer_state(param, moments[f"{key}/{name}"].to(device), key)
+        else:  # stage 0 in fp32: torch's own per-parameter state
+            base.state[param] = {"step": torch.tensor(float(optimizer_step)),
+                                 "exp_avg": moments[f"exp_avg/{name}"].to(param.device).clone(),
+                                 "exp_avg_sq": moments[f"exp_avg_sq/{name}"].to(param.device).clone()}
+    for state in base.state.values():
+        if "step" in state:
+            state["step"] = torch.tensor(float(optimizer_step), dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------------
+
+
+def write_checkpoint(directory: str, params: dict, moments: dict, trainer_state: dict) -> None:
+    """Writes a checkpoint into a local directory, its marker last."""
+    os.makedirs(directory, exist_ok=True)
+    save_file(params, os.path.join(directory, MODEL_FILE), metadata={"format": "pt"})
+    save_file(moments, os.path.join(directory, OPTIMIZER_FILE), metadata={"format": "pt"})
+    with open(os.path.join(directory, STATE_FILE), "w") as handle:
+        json.dump(trainer_state, handle, indent=1, sort_keys=True)
+    files = {}
+    for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE):
+        with open(os.path.join(directory, name), "rb") as handle:
+            data = handle.read()
+        files[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    marker = {"format": FORMAT, "version": VERSION, "step": trainer_state["step"], "files": files}
+    with open(os.path.join(directory, MARKER), "w") as handle:
+        json.dump(marker, handle, indent=1, sort_keys=True)
+
+
+@dataclass
+class LoadedCheckpoint:
+    uri: str
+    step: int
+    params: dict[str, torch.Tensor]
+    moments: dict[str, torch.Tensor]
+    trainer_state: dict
+
+
+def read_verified(uri: str) -> LoadedCheckpoint:
+    """Reads a checkpoint and checks every file against its marker; ValueError says what is wrong."""
+    try:
+        marker = json.loads(storage.read_text(storage.join(uri, MARKER)))
+    except FileNotFoundError:
+        raise ValueError(f"{uri}: no {MARKER} (incomplete checkpoint)") from None
+    except json.JSONDecodeError:
+        raise ValueError(f"{uri}: {MARKER} is not valid JSON") from None
+    if marker.get("format") != FORMAT or marker.get("version") != VERSION:
+        raise ValueError(f"{uri}: not an {FORMAT} of version {VERSION}")
+    contents = {}
+    for name, expected in marker["files"].items():
+        try:
+            data = storage.read_bytes(storage.join(uri, name))
+        except FileNotFoundError:
+            raise ValueError(f"{uri}: {name} is missing") from None
+        if len(data) != expected["bytes"] or hashlib.sha256(data).hexdigest() != expected["sha256"]:
+            raise ValueError(f"{uri}: {name} is truncated or corrupt ({len(data)} of {expected['bytes']} bytes)")
+        contents[name] = data
+    return LoadedCheckpoint(
+        uri=uri,
+        step=int(marker["step"]),
+        params=load_safetensors(contents[MODEL_FILE]),
+        moments=load_safetensors(contents[OPTIMIZER_FILE]),
+        trainer_state=json.loads(contents[STATE_FILE]),
+    )
+
+
+def list_checkpoints(run_uri: str) -> list[str]:
+    """URIs of the checkpoint directories under a run, newest step first."""
+    fs, path = storage.filesystem(run_uri)
+    try:
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    names = sorted((entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries
+                    if entry.rstrip("/").rsplit("/", 1)[-1].startswith(DIRECTORY_PREFIX)), reverse=True)
+    return [storage.join(run_uri, name) for name in names]
+
+
+def latest_good_checkpoint(run_uri: str, log=logger.warning) -> LoadedCheckpoint | None:
+    """The newest checkpoint that verifies; newer ones that do not are reported and passed over."""
+    for uri in list_checkpoints(run_uri):
+        try:
+            return read_verified(uri)
+        except ValueError as problem:
+            log(f"warning: skipping checkpoint {problem}; falling back to the previous one")
+    return None

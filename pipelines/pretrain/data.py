@@ -1,0 +1,117 @@
+"""Training data: a deterministic sample order over a prepared dataset, and padded batches from it.
+
+Every sample has a global id: its row's position when the manifest's shards are laid end to end. The order of
+epoch e is a function of (seed, e) alone: shards are permuted, taken in windows of `shuffle_window`, and the
+rows of each window permuted. Global position p of the run (step * global_batch + offset) maps to
+epoch p // N and to the (p % N)-th id of that epoch's order, so a restart at any step reads exactly the samples
+an uninterrupted run would have read, for any number of workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from functools import lru_cache
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from electra_core import storage
+
+
+class SampleOrder:
+    """Maps global positions of the run to sample ids."""
+
+    def __init__(self, shard_rows: list[int], seed: int, shuffle_window: int):
+        self.shard_rows = np.asarray(shard_rows, dtype=np.int64)
+        self.shard_offsets = np.concatenate([[0], np.cumsum(self.shard_rows)])
+        self.num_samples = int(self.shard_offsets[-1])
+        if self.num_samples == 0:
+            raise ValueError("the dataset has no sequences")
+        self.seed = seed
+        self.shuffle_window = shuffle_window
+
+    def sample_ids(self, start: int, count: int) -> np.ndarray:
+        """Ids of the samples at run positions start .. start + count - 1 (wrapping into later epochs)."""
+        positions = np.arange(start, start + count, dtype=np.int64)
+        ids = np.empty(count, dtype=np.int64)
+        for epoch in np.unique(positions // self.num_samples):
+            in_epoch = positions // self.num_samples == epoch
+            ids[in_epoch] = self._epoch_ids(int(epoch), positions[in_epoch] % self.num_samples)
+        return ids
+
+    def locate(self, sample_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shard index, row within shard) of each sample id."""
+        shards = np.searchsorted(self.shard_offsets, sample_ids, side="right") - 1
+        return shards, sample_ids - self.shard_offsets[shards]
+
+    def _epoch_ids(self, epoch: int, offsets: np.ndarray) -> np.ndarray:
+        window_starts, shard_order = self._epoch_layout(epoch)
+        windows = np.searchsorted(window_starts, offsets, side="right") - 1
+        ids = np.empty(len(offsets), dtype=np.int64)
+        for window in np.unique(windows):
+            members = windows == window
+            ids[members] = self._window_ids(epoch, int(window), shard_order)[offsets[members] - window_starts[window]]
+        return ids
+
+    @lru_cache(maxsize=4)
+    def _epoch_layout(self, epoch: int) -> tuple[np.ndarray, tuple[int, ...]]:
+        shard_order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shard_rows))
+        windows = [shard_order[i: i + self.shuffle_window] for i in range(0, len(shard_order), self.shuffle_window)]
+        sizes = [int(self.shard_rows[w].sum()) for w in windows]
+        return np.concatenate([[0], np.cumsum(sizes)]), tuple(int(s) for s in shard_order)
+
+    @lru_cache(maxsize=4)
+    def _window_ids(self, epoch: int, window: int, shard_order: tuple[int, ...]) -> np.ndarray:
+        members = shard_order[window * self.shuffle_window: (window + 1) * self.shuffle_window]
+        ids = np.concatenate([np.arange(self.shard_offsets[s], self.shard_offsets[s + 1]) for s in members])
+        return np.random.default_rng([self.seed, epoch, window]).permutation(ids)
+
+
+class ShardReader:
+    """Loads shards (verifying their sha256) into padded arrays, keeping the most recently used ones."""
+
+    def __init__(self, data_uri: str, shards: list[dict], seq_len: int, pad_token_id: int, cache_shards: int = 16):
+        self.data_uri = data_uri
+        self.shards = shards
+        self.seq_len = seq_len
+        self.pad_token_id = pad_token_id
+        self._load = lru_cache(maxsize=cache_shards)(self._load_shard)
+
+    def batch(self, order: SampleOrder, sample_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """input_ids, token_type_ids and attention_mask of the samples, padded to seq_len."""
+        shards, rows = order.locate(sample_ids)
+        input_ids = np.full((len(sample_ids), self.seq_len), self.pad_token_id, dtype=np.int64)
+        token_type_ids = np.zeros((len(sample_ids), self.seq_len), dtype=np.int64)
+        lengths = np.zeros(len(sample_ids), dtype=np.int64)
+        for shard in np.unique(shards):
+            ids, types, shard_lengths = self._load(int(shard))
+            members = np.nonzero(shards == shard)[0]
+            input_ids[members] = ids[rows[members]]
+            token_type_ids[members] = types[rows[members]]
+            lengths[members] = shard_lengths[rows[members]]
+        attention_mask = (np.arange(self.seq_len)[None, :] < lengths[:, None]).astype(np.int64)
+        return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+
+    def _load_shard(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        shard = self.shards[index]
+        uri = storage.join(self.data_uri, shard["path"])
+        data = storage.read_bytes(uri)
+        if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+            raise ValueError(f"{uri}: checksum does not match the manifest; the dataset is damaged")
+        table = pq.read_table(io.BytesIO(data))
+        return (_padded(table.column("input_ids"), self.seq_len, self.pad_token_id),
+                _padded(table.column("token_type_ids"), self.seq_len, 0),
+                np.asarray(table.column("input_ids").combine_chunks().value_lengths()))
+
+
+def _padded(column, seq_len: int, pad: int) -> np.ndarray:
+    array = column.combine_chunks()
+    lengths = np.asarray(array.value_lengths())
+    if len(lengths) and lengths.max() > seq_len:
+        raise ValueError(f"a sequence of {lengths.max()} tokens is longer than seq_len {seq_len}")
+    values = np.asarray(array.flatten())
+    out = np.full((len(lengths), seq_len), pad, dtype=values.dtype)
+    mask = np.arange(seq_len)[None, :] < lengths[:, None]
+    out[mask] = values
+    return out

@@ -1,0 +1,311 @@
+"""The training loop that runs on every Ray Train worker: DeepSpeed around ElectraPretrainingModel.
+
+Reads like a plain loop: set up -> restore -> for each step (micro-batches, optimizer step) -> log,
+checkpoint, react to preemption notices -> export. Everything random is derived from (seed, step,
+micro-batch), so a resumed run repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from electra_core import ElectraConfig, ElectraPretrainingModel, storage
+from electra_core.tokenizer import TOKENIZER_FILE, load_tokenizer, save_tokenizer
+from pipelines.config import PretrainConfig
+from pipelines.prepare.manifest import load_committed_dataset
+from pipelines.pretrain import checkpoint as checkpoints
+from pipelines.pretrain.data import SampleOrder, ShardReader
+from pipelines.pretrain.metrics import MetricsLog, peak_flops, training_flops_per_token
+
+
+def derived_seed(*parts) -> int:
+    """A 63-bit seed from any values: stable across processes and machines (unlike hash())."""
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+
+
+def learning_rate(config: PretrainConfig, step: int) -> float:
+    """Linear warmup to the peak, then linear decay to zero at max_steps (step counts from 0)."""
+    if step < config.warmup:
+        return config.peak_lr * (step + 1) / config.warmup
+    remaining = config.max_steps - step
+    return config.peak_lr * max(0.0, remaining / max(1, config.max_steps - config.warmup))
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only, not on biases and LayerNorm weights (as ELECTRA and BERT)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def deepspeed_config(config: PretrainConfig) -> dict:
+    precision = config.resolved_precision
+    return {
+        "train_micro_batch_size_per_gpu": config.micro_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "gradient_clipping": config.grad_clip,
+        "zero_optimization": {"stage": config.zero_stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import deepspeed
+    import ray.train
+
+    config = PretrainConfig(**loop_config["pretrain"])
+    model_config = ElectraConfig(**loop_config["model"])
+    run_uri = loop_config["run_uri"]
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    log = print if rank == 0 else (lambda *_: None)
+    torch.set_num_threads(config.cpus_per_worker)
+    device = torch.device("cuda", torch.cuda.current_device()) if config.gpus_per_worker else torch.device("cpu")
+
+    # --- data: the committed dataset and its deterministic order ----------------------------------------
+    manifest = load_committed_dataset(config.data)
+    order = SampleOrder([s["rows"] for s in manifest["shards"]], config.seed, config.shuffle_window)
+    reader = ShardReader(config.data, manifest["shards"], manifest["seq_len"], model_config.pad_token_id)
+
+    # --- model: resume from the newest good checkpoint, else init_from, else fresh ----------------------
+    resumed = checkpoints.latest_good_checkpoint(run_uri, log=log)
+    torch.manual_seed(config.seed)
+    if config.init_from and resumed is None:
+        model = ElectraPretrainingModel.from_pretrained(config.init_from)
+    else:
+        model = ElectraPretrainingModel(model_config, _generator_config(config, model_config))
+    if resumed is not None:
+        checkpoints.load_module_weights(model, resumed.params)
+    model.to(device)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.peak_lr,
+                                  betas=(0.9, 0.999), eps=config.adam_epsilon)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(config))
+    start_step = 0
+    if resumed is not None:
+        checkpoints.restore_optimizer_state(engine, resumed.params, resumed.moments,
+                                            resumed.trainer_state["optimizer_step"])
+        start_step = resumed.step
+        log(f"resumed from {resumed.uri} at step {start_step} (written by {resumed.trainer_state['world_size']} "
+            f"workers; now {world_size})")
+    del resumed
+
+    metrics = MetricsLog(run_uri, config.name, start_step, config.tracking_uri, loop_config["pretrain"]) \
+        if rank == 0 else None
+    sample_log = _SampleLog(run_uri, start_step, config.record_sample_ids and rank == 0)
+    flops_per_token = training_flops_per_token(model_config, manifest["seq_len"])
+    peak = peak_flops()
+    accumulation = config.gradient_accumulation_steps
+    generator = torch.Generator(device=device)
+    window = _Window()
+    preemption_saved = False
+
+    # --- training ----------------------------------------------------------------------------------------
+    for step in range(start_step, config.max_steps):
+        lr = learning_rate(config, step)
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr
+        if config.record_sample_ids and rank == 0:
+            sample_log.add(step, order.sample_ids(step * config.global_batch_size, config.global_batch_size))
+        for micro in range(accumulation):
+            index = micro * world_size + rank  # this micro-batch's place in the global batch
+            start = step * config.global_batch_size + index * config.micro_batch_size
+            batch = reader.batch(order, order.sample_ids(start, config.micro_batch_size))
+            batch = {key: torch.from_numpy(value).to(device, non_blocking=True) for key, value in batch.items()}
+            seed = derived_seed(config.seed, step, index)
+            torch.manual_seed(seed)  # dropout
+            generator.manual_seed(seed ^ 0x5DEECE66D)  # masking and sampling
+            output = engine(**batch, rng=generator)
+            engine.backward(output.loss)
+            engine.step()
+            window.add(output, batch["attention_mask"])
+
+        done = step + 1
+        if done % config.log_every == 0 or done == config.max_steps:
+            record = window.record(done, lr, engine, world_size, config, flops_per_token, peak)
+            if metrics is not None:
+                metrics.log(record)
+            preempted = ray.train.get_preemption_info() is not None
+            if preempted and not preemption_saved and done % config.checkpoint_every:
+                log(f"preemption notice: saving a checkpoint at step {done} before the node goes")
+                save_checkpoint(engine, config, loop_config, done, world_size, manifest, metrics, sample_log,
+                                record)
+                preemption_saved = True
+        if done % config.checkpoint_every == 0 or done == config.max_steps:
+            save_checkpoint(engine, config, loop_config, done, world_size, manifest, metrics, sample_log,
+                            window.last_record)
+
+    # --- export ------------------------------------------------------------------------------------------
+    export(engine, model_config, config, run_uri, rank, manifest, metrics)
+    if metrics is not None:
+        metrics.close()
+
+
+def _generator_config(config: PretrainConfig, model_config: ElectraConfig) -> ElectraConfig | None:
+    """A run continued from init_from keeps that generator's shape (it may not follow the size fraction)."""
+    if not config.init_from:
+        return None
+    return ElectraConfig.load(storage.join(config.init_from, "generator"))
+
+
+class _Window:
+    """Sums of the statistics since the last log line (rank 0's micro-batches; tokens over all ranks)."""
+
+    def __init__(self) -> None:
+        self.reset()
+        self.last_record: dict = {}
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.micro_batches = 0
+        self.tokens = 0
+        self.samples = 0
+        self.started = time.perf_counter()
+        self.steps = 0
+
+    def add(self, output, attention_mask: torch.Tensor) -> None:
+        values = output.metrics()
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.micro_batches += 1
+        self.tokens += int(attention_mask.sum())
+        self.samples += attention_mask.shape[0]
+
+    def record(self, step: int, lr: float, engine, world_size: int, config: PretrainConfig,
+               flops_per_token: float, peak: float | None) -> dict:
+        import torch.distributed as dist
+
+        elapsed = time.perf_counter() - self.started
+        totals = torch.tensor([self.tokens, self.samples], dtype=torch.float64)
+        if dist.is_initialized() and world_size > 1:
+            backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+            totals = totals.to(backend_device)
+            dist.all_reduce(totals)
+        tokens, samples = totals.cpu().tolist()
+        grad_norm = engine.get_global_grad_norm()
+        record = {
+            "step": step,
+            **{k: v / self.micro_batches for k, v in self.sums.items() if k != "masked_tokens"},
+            "lr": lr,
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "tokens_per_s": tokens / elapsed,
+            "samples_per_s": samples / elapsed,
+            "epoch": step * config.global_batch_size / max(1, _dataset_size(config)),
+        }
+        if peak:
+            record["mfu"] = tokens / elapsed * flops_per_token / (peak * world_size)
+        self.last_record = record
+        self.reset()
+        return record
+
+
+_SIZES: dict[str, int] = {}
+
+
+def _dataset_size(config: PretrainConfig) -> int:
+    if config.data not in _SIZES:
+        _SIZES[config.data] = load_committed_dataset(config.data)["counts"]["sequences"]
+    return _SIZES[config.data]
+
+
+class _SampleLog:
+    """ids of the samples of every step, written next to the checkpoints (opt-in)."""
+
+    def __init__(self, run_uri: str, resume_step: int, enabled: bool):
+        self.enabled = enabled
+        self.uri = storage.join(run_uri, "samples.jsonl")
+        self.lines: list[str] = []
+        if enabled:
+            try:
+                existing = storage.read_text(self.uri).splitlines()
+            except FileNotFoundError:
+                existing = []
+            self.lines = [line for line in existing if line and json.loads(line)["step"] < resume_step]
+
+    def add(self, step: int, ids: np.ndarray) -> None:
+        self.lines.append(json.dumps({"step": step, "ids": ids.tolist()}))
+
+    def flush(self) -> None:
+        if self.enabled:
+            storage.write_text(self.uri, "\n".join(self.lines) + "\n")
+
+
+def save_checkpoint(engine, config: PretrainConfig, loop_config: dict, step: int, world_size: int,
+                    manifest: dict, metrics: MetricsLog | None, sample_log: _SampleLog, record: dict) -> float:
+    """Gathers the full state (all ranks), rank 0 writes it locally and hands it to Ray Train, which uploads
+    it in the background. Returns the seconds training was blocked."""
+    import ray.train
+
+    started = time.perf_counter()
+    params, moments, optimizer_step = checkpoints.gather_full_state(engine)
+    rank = ray.train.get_context().get_world_rank()
+    checkpoint = None
+    if rank == 0:
+        directory = tempfile.mkdtemp(prefix="electra-checkpoint-")
+        trainer_state = {
+            "step": step, "samples_consumed": step * config.global_batch_size, "optimizer_step": optimizer_step,
+            "world_size": world_size, "pretrain_config": loop_config["pretrain"], "model_config": loop_config["model"],
+            "dataset_fingerprint": manifest["dataset_fingerprint"],
+        }
+        checkpoints.write_checkpoint(directory, params, moments, trainer_state)
+        checkpoint = ray.train.Checkpoint.from_directory(directory)
+        if metrics is not None:
+            metrics.flush()
+        sample_log.flush()
+    del params, moments
+    blocked = time.perf_counter() - started
+    ray.train.report(
+        {**{k: v for k, v in record.items() if v is not None}, "step": step, "checkpoint_blocked_s": blocked},
+        checkpoint=checkpoint,
+        checkpoint_dir_name=checkpoints.directory_name(step),
+        checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+        delete_local_checkpoint_after_upload=True,
+    )
+    blocked = time.perf_counter() - started
+    if rank == 0:
+        print(f"checkpoint at step {step}: training blocked {blocked:.2f} s (upload continues in the background)",
+              flush=True)
+    return blocked
+
+
+def export(engine, model_config: ElectraConfig, config: PretrainConfig, run_uri: str, rank: int,
+           manifest: dict, metrics: MetricsLog | None) -> None:
+    """Hugging Face directories (discriminator/ and generator/ with tokenizer files) and result.json."""
+    params, _, _ = checkpoints.gather_full_state(engine)
+    if rank != 0:
+        return
+    model = ElectraPretrainingModel(model_config, engine.module.generator.config)
+    checkpoints.load_module_weights(model, params)
+    export_uri = storage.join(run_uri, "export")
+    model.save_pretrained(export_uri)
+    tokenizer = load_tokenizer(storage.join(config.data, TOKENIZER_FILE))
+    parts = ["generator"] if model.discriminator is None else ["discriminator", "generator"]
+    for part in parts:
+        save_tokenizer(tokenizer, storage.join(export_uri, part), model_max_length=manifest["seq_len"])
+    plot_uri = storage.join(run_uri, "loss_curve.png")
+    final = {}
+    if metrics is not None:
+        metrics.flush()
+        metrics.plot(plot_uri)
+        final = metrics.records[-1] if metrics.records else {}
+    result = {
+        "run": run_uri,
+        "export": {part: storage.join(export_uri, part) for part in parts},
+        "steps": config.max_steps,
+        "objective": config.objective,
+        "dataset": config.data,
+        "dataset_fingerprint": manifest["dataset_fingerprint"],
+        "final_metrics": final,
+        "loss_curve": plot_uri,
+        "metrics": storage.join(run_uri, "metrics.jsonl"),
+    }
+    storage.write_text(storage.join(run_uri, "result.json"), json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,134 @@
+"""Training metrics on rank 0: a progress line, metrics.jsonl in the run's storage, MLflow, a loss plot."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from electra_core import ElectraConfig, storage
+
+logger = logging.getLogger(__name__)
+
+# Dense bf16 peak of the GPUs this pipeline is run on, for MFU; unknown devices get no MFU.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+
+
+def training_flops_per_token(config: ElectraConfig, seq_len: int) -> float:
+    """Forward + backward FLOPs per token (3x forward), generator and discriminator, attention included."""
+
+    def encoder(c: ElectraConfig) -> float:
+        per_layer = 4 * c.hidden_size**2 + 2 * c.hidden_size * c.intermediate_size
+        projection = c.embedding_size * c.hidden_size if c.embedding_size != c.hidden_size else 0
+        attention = 2 * seq_len * c.hidden_size  # QK^T and AV, per token per layer
+        return 2 * (c.num_hidden_layers * (per_layer + attention) + projection)
+
+    if config.objective == "mlm":
+        generator = config
+        discriminator = 0.0
+    else:
+        generator = config.generator_config()
+        discriminator = encoder(config) + 2 * (config.hidden_size**2 + config.hidden_size)
+    # The vocabulary projection runs at the masked positions only.
+    vocabulary = 2 * config.mask_prob * (generator.hidden_size * generator.embedding_size
+                                         + generator.embedding_size * generator.vocab_size)
+    return 3 * (encoder(generator) + discriminator + vocabulary)
+
+
+def peak_flops() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+class MetricsLog:
+    """Keeps every logged record; rewrites STORAGE/RUN/metrics.jsonl at checkpoints and at the end."""
+
+    def __init__(self, run_uri: str, run_name: str, resume_step: int, tracking_uri: str | None, params: dict):
+        self.uri = storage.join(run_uri, "metrics.jsonl")
+        self.records = [r for r in self._existing() if r["step"] <= resume_step]
+        self.mlflow = _start_mlflow(tracking_uri, run_name, params)
+
+    def _existing(self) -> list[dict]:
+        try:
+            return [json.loads(line) for line in storage.read_text(self.uri).splitlines() if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    def log(self, record: dict) -> None:
+        self.records.append(record)
+        print(progress_line(record), flush=True)
+        if self.mlflow is not None:
+            numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+            self.mlflow.log_metrics(numbers, step=record["step"])
+
+    def flush(self) -> None:
+        storage.write_text(self.uri, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records))
+
+    def plot(self, uri: str) -> None:
+        """A loss-curve PNG: total loss and, for ELECTRA, the generator and discriminator parts."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        if not self.records:
+            return
+        steps = [r["step"] for r in self.records]
+        figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+        axes[0].plot(steps, [r["loss"] for r in self.records], label="loss")
+        axes[0].set_xlabel("step")
+        axes[0].set_title("training loss")
+        axes[0].legend()
+        for key in ("generator_loss", "discriminator_loss"):
+            if key in self.records[-1]:
+                axes[1].plot(steps, [r.get(key) for r in self.records], label=key)
+        axes[1].set_xlabel("step")
+        axes[1].set_title("generator / discriminator")
+        axes[1].legend()
+        figure.tight_layout()
+        import io
+
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100)
+        plt.close(figure)
+        storage.write_bytes(uri, buffer.getvalue())
+
+    def close(self) -> None:
+        if self.mlflow is not None:
+            self.mlflow.end_run()
+
+
+def progress_line(r: dict) -> str:
+    parts = [f"step {r['step']:>7}", f"loss {r['loss']:.4f}"]
+    if "discriminator_accuracy" in r:
+        parts.append(f"gen acc {r['generator_accuracy']:.3f}  disc acc {r['discriminator_accuracy']:.3f}")
+    else:
+        parts.append(f"mlm acc {r['generator_accuracy']:.3f}")
+    parts.append(f"lr {r['lr']:.2e}")
+    if r.get("grad_norm") is not None:
+        parts.append(f"|g| {r['grad_norm']:.2f}")
+    parts.append(f"{r['tokens_per_s']:,.0f} tok/s  {r['samples_per_s']:,.1f} samples/s")
+    if r.get("mfu") is not None:
+        parts.append(f"MFU {r['mfu']:.1%}")
+    return "  ".join(parts)
+
+
+def _start_mlflow(tracking_uri: str | None, run_name: str, params: dict):
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not tracking_uri:
+        return None
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("electra-pretrain")
+    existing = mlflow.search_runs(filter_string=f"tags.electra_run = '{run_name}'", output_format="list")
+    if existing:
+        mlflow.start_run(run_id=existing[0].info.run_id)
+    else:
+        mlflow.start_run(run_name=run_name, tags={"electra_run": run_name})
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+    return mlflow

@@ -1,0 +1,119 @@
+"""The pretrain stage on the driver: validate inputs, build the Ray Train TorchTrainer, run it, report.
+
+Skeleton: parse config -> check the dataset and the model shape -> TorchTrainer (workers run
+pipelines.pretrain.loop) -> result record (export URIs, final metrics) for the next stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from electra_core import ElectraConfig, storage
+from electra_core.tokenizer import TOKENIZER_FILE, load_tokenizer, special_token_ids
+from pipelines.config import PretrainConfig, to_dict
+from pipelines.errors import InputError
+from pipelines.prepare.manifest import load_committed_dataset
+from pipelines.pretrain.checkpoint import list_checkpoints
+
+
+def with_absolute_local_paths(config: PretrainConfig) -> PretrainConfig:
+    """Workers may run in another directory: local paths are made absolute on the driver."""
+    import dataclasses
+
+    def absolute(uri: str | None) -> str | None:
+        return os.path.abspath(uri) if uri and "://" not in uri else uri
+
+    return dataclasses.replace(config, data=absolute(config.data), storage=absolute(config.storage),
+                               init_from=absolute(config.init_from))
+
+
+def run_uri(config: PretrainConfig) -> str:
+    return storage.join(config.storage, config.name)
+
+
+def resolve_model_config(config: PretrainConfig, manifest: dict) -> ElectraConfig:
+    """The model's shape: the preset (or init_from's) fitted to the dataset's tokenizer and sequence length."""
+    tokenizer = load_tokenizer(storage.join(config.data, TOKENIZER_FILE))
+    vocabulary = special_token_ids(tokenizer)
+    seq_len = manifest["seq_len"]
+    try:
+        if config.init_from:
+            model_config = ElectraConfig.load(storage.join(config.init_from, "discriminator"))
+            if model_config.vocab_size != vocabulary["vocab_size"]:
+                raise InputError(f"{config.init_from}: vocab_size {model_config.vocab_size} does not match the "
+                                 f"dataset's tokenizer ({vocabulary['vocab_size']}); prepare the data with that "
+                                 "model's tokenizer (--tokenizer)")
+            return model_config.replace(objective=config.objective, **config.model)
+        positions = max(seq_len, ElectraConfig.from_preset(config.preset).max_position_embeddings)
+        return ElectraConfig.from_preset(config.preset, objective=config.objective, max_position_embeddings=positions,
+                                         **{**vocabulary, **config.model})
+    except FileNotFoundError as error:
+        raise InputError(f"--init-from: {error}") from None
+    except (TypeError, ValueError) as error:
+        raise InputError(f"pretrain.model: {error}") from None
+
+
+def ray_storage(config: PretrainConfig) -> tuple[str, object | None]:
+    """(storage_path, pyarrow filesystem) for Ray Train: the same fsspec filesystem the rest of the code uses."""
+    if "://" not in config.storage or config.storage.startswith("file://"):
+        return os.path.abspath(config.storage.removeprefix("file://")), None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = storage.filesystem(config.storage)
+    return path, PyFileSystem(FSSpecHandler(fs))
+
+
+def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) -> dict:
+    """Runs (or resumes) the pretraining run STORAGE/NAME; returns its result record."""
+    started = time.perf_counter()
+    config = with_absolute_local_paths(config)
+    if not config.data:
+        raise InputError("--data is required (an `electra prepare` output)")
+    if not config.name:
+        raise InputError("--name is required (the run's directory under --storage)")
+    manifest = load_committed_dataset(config.data)
+    model_config = resolve_model_config(config, manifest)
+    uri = run_uri(config)
+    existing = list_checkpoints(uri)
+    if existing:
+        log(f"electra pretrain: {uri} has {len(existing)} checkpoints; resuming from the newest good one")
+
+    from pipelines.ray_runtime import ensure_ray
+
+    ensure_ray(address)
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipelines.pretrain.loop import train_loop_per_worker
+
+    storage_path, filesystem = ray_storage(config)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"pretrain": to_dict(config), "model": to_dict(model_config), "run_uri": uri,
+},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.workers,
+            use_gpu=config.gpus_per_worker > 0,
+            resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": config.gpus_per_worker} if config.gpus_per_worker else {})},
+        ),
+        torch_config=TorchConfig(backend="nccl" if config.gpus_per_worker else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=config.name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints),
+        ),
+    )
+    log(f"electra pretrain: {config.preset} ({config.objective}) on {config.workers} workers, "
+        f"global batch {config.global_batch_size} = {config.micro_batch_size} x {config.workers} workers x "
+        f"{config.gradient_accumulation_steps} accumulation, {config.max_steps} steps, ZeRO-{config.zero_stage}, "
+        f"{config.resolved_precision} -> {uri}")
+    trainer.fit()
+    result = json.loads(storage.read_text(storage.join(uri, "result.json")))
+    final = result.get("final_metrics", {})
+    log(f"electra pretrain: done in {time.perf_counter() - started:.0f} s; loss {final.get('loss', float('nan')):.4f}; "
+        f"export {result['export']}; loss curve {result['loss_curve']}")
+    return result
