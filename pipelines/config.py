@@ -137,6 +137,9 @@ class PretrainConfig:
     """Shards whose rows are shuffled together; data order is a function of (seed, epoch)."""
     tracking_uri: str | None = None
     """MLflow tracking URI for live metrics; None: MLFLOW_TRACKING_URI if set, else no MLflow."""
+    stop_at_step: int | None = None
+    """End this invocation at this step with a checkpoint and no export; the same command without it continues
+    to max_steps (time-boxed jobs, staged runs)."""
     record_sample_ids: bool = False
     """Write the ids of the samples each step consumed to samples.jsonl (for audits and tests)."""
 
@@ -160,6 +163,8 @@ class PretrainConfig:
         if self.global_batch_size % (self.micro_batch_size * self.workers):
             raise ValueError(f"global_batch_size ({self.global_batch_size}) must be a multiple of micro_batch_size "
                              f"x workers ({self.micro_batch_size} x {self.workers})")
+        if self.stop_at_step is not None and not 0 < self.stop_at_step <= self.max_steps:
+            raise ValueError(f"stop_at_step must be in 1..max_steps ({self.max_steps}), got {self.stop_at_step}")
         if self.name and ("/" in self.name or self.name.startswith(".")):
             raise ValueError(f"name must be a plain directory name, got {self.name!r}")
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,7 @@ VERSION = 1
 MARKER = "_checkpoint.json"
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "trainer_state.json"
 DIRECTORY_PREFIX = "checkpoint_"
+_DIRECTORY_PATTERN = re.compile(DIRECTORY_PREFIX + r"\d{9}")
 
 
 def directory_name(step: int) -> str:
@@ -184,8 +186,8 @@ def list_checkpoints(run_uri: str) -> list[str]:
         entries = fs.ls(path, detail=False)
     except FileNotFoundError:
         return []
-    names = sorted((entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries
-                    if entry.rstrip("/").rsplit("/", 1)[-1].startswith(DIRECTORY_PREFIX)), reverse=True)
+    names = sorted((name for name in (entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries)
+                    if _DIRECTORY_PATTERN.fullmatch(name)), reverse=True)
     return [storage.join(run_uri, name) for name in names]
 
 
@@ -197,3 +199,25 @@ def latest_good_checkpoint(run_uri: str, log=logger.warning) -> LoadedCheckpoint
         except ValueError as problem:
             log(f"warning: skipping checkpoint {problem}; falling back to the previous one")
     return None
+
+
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def drop_stale_ray_snapshot(run_uri: str, log=logger.warning) -> None:
+    """Ray Train refuses to start a run whose snapshot names a checkpoint that is gone (deleted by hand, or
+    lost from a bucket). This pipeline resumes from its own verified listing, so such a snapshot is removed
+    and the run goes on from the newest good checkpoint."""
+    uri = storage.join(run_uri, RAY_SNAPSHOT)
+    try:
+        snapshot = json.loads(storage.read_text(uri))
+    except FileNotFoundError:
+        return
+    except json.JSONDecodeError:
+        snapshot = {"checkpoint_results": [{"checkpoint_dir_name": "(unreadable snapshot)"}]}
+    missing = [entry.get("checkpoint_dir_name") for entry in snapshot.get("checkpoint_results", [])
+               if not storage.exists(storage.join(run_uri, str(entry.get("checkpoint_dir_name"))))]
+    if missing:
+        log(f"warning: {uri} names checkpoints that are gone ({', '.join(map(str, missing))}); removing it")
+        fs, path = storage.filesystem(uri)
+        fs.rm(path)

@@ -110,7 +110,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     preemption_saved = False
 
     # --- training ----------------------------------------------------------------------------------------
-    for step in range(start_step, config.max_steps):
+    end_step = config.stop_at_step or config.max_steps
+    for step in range(start_step, end_step):
         lr = learning_rate(config, step)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
@@ -130,7 +131,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             window.add(output, batch["attention_mask"])
 
         done = step + 1
-        if done % config.log_every == 0 or done == config.max_steps:
+        if done % config.log_every == 0 or done == end_step:
             record = window.record(done, lr, engine, world_size, config, flops_per_token, peak)
             if metrics is not None:
                 metrics.log(record)
@@ -140,12 +141,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 save_checkpoint(engine, config, loop_config, done, world_size, manifest, metrics, sample_log,
                                 record)
                 preemption_saved = True
-        if done % config.checkpoint_every == 0 or done == config.max_steps:
+        if done % config.checkpoint_every == 0 or done == end_step:
             save_checkpoint(engine, config, loop_config, done, world_size, manifest, metrics, sample_log,
                             window.last_record)
 
     # --- export ------------------------------------------------------------------------------------------
-    export(engine, model_config, config, run_uri, rank, manifest, metrics)
+    if end_step == config.max_steps:
+        export(engine, model_config, config, run_uri, rank, manifest, metrics)
+    else:
+        log(f"stopped at step {end_step} as asked; run the same command without stop_at_step to continue")
     if metrics is not None:
         metrics.close()
 

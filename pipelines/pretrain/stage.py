@@ -15,7 +15,7 @@ from electra_core.tokenizer import TOKENIZER_FILE, load_tokenizer, special_token
 from pipelines.config import PretrainConfig, to_dict
 from pipelines.errors import InputError
 from pipelines.prepare.manifest import load_committed_dataset
-from pipelines.pretrain.checkpoint import list_checkpoints
+from pipelines.pretrain.checkpoint import drop_stale_ray_snapshot, list_checkpoints
 
 
 def with_absolute_local_paths(config: PretrainConfig) -> PretrainConfig:
@@ -77,6 +77,7 @@ def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) 
     model_config = resolve_model_config(config, manifest)
     uri = run_uri(config)
     existing = list_checkpoints(uri)
+    drop_stale_ray_snapshot(uri, log=log)
     if existing:
         log(f"electra pretrain: {uri} has {len(existing)} checkpoints; resuming from the newest good one")
 
@@ -112,6 +113,9 @@ def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) 
         f"{config.gradient_accumulation_steps} accumulation, {config.max_steps} steps, ZeRO-{config.zero_stage}, "
         f"{config.resolved_precision} -> {uri}")
     trainer.fit()
+    if config.stop_at_step is not None and config.stop_at_step < config.max_steps:
+        log(f"electra pretrain: stopped at step {config.stop_at_step}; checkpoints in {uri}")
+        return {"run": uri, "stopped_at": config.stop_at_step}
     result = json.loads(storage.read_text(storage.join(uri, "result.json")))
     final = result.get("final_metrics", {})
     log(f"electra pretrain: done in {time.perf_counter() - started:.0f} s; loss {final.get('loss', float('nan')):.4f}; "

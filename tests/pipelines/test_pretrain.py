@@ -1,0 +1,193 @@
+"""`electra pretrain` on a real local Ray with real DeepSpeed (CPU, gloo): training, exports, fault tolerance.
+
+Each test trains the tiny preset for a few steps on 2 CPU workers; the first DeepSpeed start compiles its
+shared-memory op once (kept under TORCH_EXTENSIONS_DIR).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+import torch
+import transformers
+
+from electra_core import storage
+from pipelines.config import PrepareConfig, PretrainConfig
+from pipelines.errors import InputError
+from pipelines.prepare import run_prepare
+from pipelines.pretrain import run_pretrain
+from pipelines.pretrain import checkpoint as checkpoints
+from tests.pipelines.conftest import make_sentences
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
+
+SETTINGS = dict(preset="tiny", workers=2, global_batch_size=16, micro_batch_size=4, max_steps=12,
+                checkpoint_every=4, keep_checkpoints=3, log_every=2, seed=3, record_sample_ids=True)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    (root / "corpus.txt").write_text("\n".join(make_sentences(3000)) + "\n")
+    run_prepare(PrepareConfig(inputs=[str(root / "corpus.txt")], output=str(root / "prepared"), seq_len=32,
+                              vocab_size=400), log=lambda _: None)
+    return str(root / "prepared")
+
+
+def pretrain(dataset, storage_uri, name, **settings):
+    config = PretrainConfig(data=dataset, storage=str(storage_uri), name=name, **{**SETTINGS, **settings})
+    logs: list[str] = []
+    result = run_pretrain(config, log=logs.append)
+    return result, "\n".join(logs)
+
+
+def final_params(run_uri: str) -> dict[str, torch.Tensor]:
+    return checkpoints.latest_good_checkpoint(run_uri).params
+
+
+def sample_steps(run_uri: str) -> list[dict]:
+    return [json.loads(line) for line in storage.read_text(f"{run_uri}/samples.jsonl").splitlines() if line]
+
+
+def max_difference(first: dict, second: dict) -> float:
+    assert first.keys() == second.keys()
+    return max((first[k] - second[k]).abs().max().item() for k in first)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dataset, tmp_path_factory):
+    """The reference: one uninterrupted run on 2 workers."""
+    storage_root = tmp_path_factory.mktemp("runs")
+    result, logs = pretrain(dataset, storage_root, "reference")
+    return storage_root, result, logs
+
+
+def test_a_run_trains_logs_checkpoints_and_exports_models_transformers_loads(uninterrupted):
+    storage_root, result, logs = uninterrupted
+    run = storage_root / "reference"
+
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(2, 13, 2))
+    for key in ("loss", "generator_loss", "generator_accuracy", "discriminator_loss", "discriminator_accuracy",
+                "lr", "grad_norm", "tokens_per_s", "samples_per_s"):
+        assert key in records[-1]
+    assert records[-1]["loss"] < records[0]["loss"]
+    # newest 3 of the 3 checkpoints (4, 8, 12), each verifiable
+    assert [os.path.basename(u) for u in checkpoints.list_checkpoints(str(run))] == [
+        checkpoints.directory_name(s) for s in (12, 8, 4)]
+    assert (run / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    discriminator = transformers.ElectraForPreTraining.from_pretrained(result["export"]["discriminator"]).eval()
+    tokenizer = transformers.ElectraTokenizerFast.from_pretrained(result["export"]["discriminator"])
+    import electra_core
+
+    ours = electra_core.ElectraForPreTraining.from_pretrained(result["export"]["discriminator"]).eval()
+    encoded = tokenizer("the movie was a quiet delight", return_tensors="pt")
+    with torch.no_grad():
+        difference = (discriminator(**encoded).logits - ours(**encoded).logits).abs().max().item()
+    assert difference <= 1e-4
+    assert transformers.ElectraForMaskedLM.from_pretrained(result["export"]["generator"]) is not None
+    assert "global batch 16 = 4 x 2 workers x 2 accumulation" in logs
+
+
+def test_exact_resume_and_resume_on_fewer_workers_match_an_uninterrupted_run(dataset, uninterrupted, tmp_path):
+    storage_root, _, _ = uninterrupted
+    reference = str(storage_root / "reference")
+
+    # Interrupted once at step 6 (after the checkpoint at 4, so steps 5-6 are redone), then resumed.
+    pretrain(dataset, tmp_path, "resumed", stop_at_step=6, checkpoint_every=4)
+    shutil.rmtree(tmp_path / "resumed" / checkpoints.directory_name(6))
+    shutil.copytree(tmp_path / "resumed", tmp_path / "one-worker")
+    (tmp_path / "one-worker" / "checkpoint_manager_snapshot.json").unlink(missing_ok=True)
+    _, logs = pretrain(dataset, tmp_path, "resumed")
+    assert "resuming from the newest good one" in logs
+
+    resumed = str(tmp_path / "resumed")
+    assert max_difference(final_params(resumed), final_params(reference)) <= 1e-5
+    steps = sample_steps(resumed)
+    assert steps == sample_steps(reference)
+    ids = [i for step in steps for i in step["ids"]]
+    assert [s["step"] for s in steps] == list(range(12))
+    assert len(ids) == len(set(ids))  # none repeated (12 x 16 samples, within the first epoch)
+
+    # The same checkpoint continued by 1 worker instead of 2 (the global batch stays 16).
+    pretrain(dataset, tmp_path, "one-worker", workers=1)
+    assert max_difference(final_params(str(tmp_path / "one-worker")), final_params(reference)) <= 1e-4
+    assert sample_steps(str(tmp_path / "one-worker")) == sample_steps(reference)
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_the_run_finishes(dataset, uninterrupted, tmp_path):
+    storage_root, _, _ = uninterrupted
+    killed = threading.Event()
+
+    def kill_a_worker_after_the_first_checkpoint():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if (tmp_path / "killed" / checkpoints.directory_name(4) / checkpoints.MARKER).exists():
+                for process in psutil.process_iter(["cmdline"]):
+                    if "RayTrainWorker" in " ".join(process.info["cmdline"] or []):
+                        process.send_signal(signal.SIGKILL)
+                        killed.set()
+                        return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint, daemon=True)
+    killer.start()
+    result, _ = pretrain(dataset, tmp_path, "killed", max_failures=2)
+    killer.join(timeout=1)
+    assert killed.is_set(), "no worker was found to kill"
+    assert result["final_metrics"]["step"] == 12
+    assert max_difference(final_params(str(tmp_path / "killed")), final_params(str(storage_root / "reference"))) <= 1e-5
+
+
+def test_rerunning_after_the_driver_was_killed_resumes_from_the_last_checkpoint(dataset, tmp_path):
+    import ray
+
+    command = [sys.executable, "-m", "pipelines.cli", "pretrain", "--data", dataset, "--storage", str(tmp_path),
+               "--name", "driver", "--preset", "tiny", "--workers", "2", "--global-batch-size", "16",
+               "--micro-batch-size", "4", "--max-steps", "40", "--checkpoint-every", "4", "--seed", "3",
+               "--address", ray.get_runtime_context().gcs_address]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not checkpoints.list_checkpoints(str(tmp_path / "driver")):
+            time.sleep(0.2)
+        time.sleep(1.0)
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    taken = checkpoints.latest_good_checkpoint(str(tmp_path / "driver"))
+    assert taken is not None and taken.step < 40
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert "resuming from the newest good one" in rerun.stdout
+    assert f"at step {taken.step} (written by 2 workers" in rerun.stdout + rerun.stderr
+    assert json.loads((tmp_path / "driver" / "result.json").read_text())["final_metrics"]["step"] == 40
+
+
+def test_checkpoints_and_exports_on_s3(dataset, s3_bucket):
+    result, _ = pretrain(dataset, f"{s3_bucket}/runs", "on-s3", max_steps=8, record_sample_ids=False)
+    run = f"{s3_bucket}/runs/on-s3"
+    assert [u.rsplit("/", 1)[-1] for u in checkpoints.list_checkpoints(run)] == [
+        checkpoints.directory_name(8), checkpoints.directory_name(4)]
+    assert checkpoints.latest_good_checkpoint(run).step == 8
+    assert storage.exists(f"{result['export']['discriminator']}/model.safetensors")
+    assert json.loads(storage.read_text(f"{run}/result.json"))["final_metrics"]["step"] == 8
+
+
+def test_a_dataset_without_a_manifest_is_refused_before_training(tmp_path):
+    (tmp_path / "half-written").mkdir()
+    with pytest.raises(InputError, match="no _manifest.json"):
+        run_pretrain(PretrainConfig(data=str(tmp_path / "half-written"), storage=str(tmp_path), name="x"))
