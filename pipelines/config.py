@@ -102,7 +102,7 @@ class PretrainConfig:
     cpus_per_worker: int = 1
     """CPUs reserved for each worker; its torch uses as many threads."""
     zero_stage: int = 2
-    """DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3."""
+    """DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3; a single worker always runs stage 0."""
     precision: str = "auto"
     """fp32, bf16 or fp16; auto is bf16 on GPU and fp32 on CPU."""
     global_batch_size: int = 128

@@ -65,6 +65,11 @@ class MetricsLog:
             numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
             self.mlflow.log_metrics(numbers, step=record["step"])
 
+    def note(self, step: int, **values) -> None:
+        """Adds values to the record of `step` (written with the next flush)."""
+        if self.records and self.records[-1]["step"] == step:
+            self.records[-1].update(values)
+
     def flush(self) -> None:
         storage.write_text(self.uri, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records))
 

@@ -67,7 +67,7 @@ def max_difference(first: dict, second: dict) -> float:
 def uninterrupted(dataset, tmp_path_factory):
     """The reference: one uninterrupted run on 2 workers."""
     storage_root = tmp_path_factory.mktemp("runs")
-    result, logs = pretrain(dataset, storage_root, "reference")
+    result, logs = pretrain(dataset, storage_root, "reference", tracking_uri=f"sqlite:///{storage_root}/mlflow.db")
     return storage_root, result, logs
 
 
@@ -97,6 +97,28 @@ def test_a_run_trains_logs_checkpoints_and_exports_models_transformers_loads(uni
     assert difference <= 1e-4
     assert transformers.ElectraForMaskedLM.from_pretrained(result["export"]["generator"]) is not None
     assert "global batch 16 = 4 x 2 workers x 2 accumulation" in logs
+
+
+def test_metrics_reach_mlflow_when_a_tracking_uri_is_set(uninterrupted):
+    import mlflow
+
+    storage_root, _, _ = uninterrupted
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{storage_root}/mlflow.db")
+    experiment = client.get_experiment_by_name("electra-pretrain")
+    (run,) = client.search_runs([experiment.experiment_id], filter_string="tags.electra_run = 'reference'")
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(2, 13, 2))
+    assert run.data.params["preset"] == "tiny"
+
+
+def test_init_from_continues_from_an_exported_pair(dataset, uninterrupted, tmp_path):
+    storage_root, result, _ = uninterrupted
+    export = os.path.dirname(result["export"]["discriminator"])
+    pretrain(dataset, tmp_path, "continued", init_from=export, max_steps=4, record_sample_ids=False)
+    first_continued = json.loads((tmp_path / "continued" / "metrics.jsonl").read_text().splitlines()[0])
+    first_fresh = json.loads((storage_root / "reference" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first_continued["step"] == first_fresh["step"] == 2
+    assert first_continued["generator_loss"] < first_fresh["generator_loss"]
 
 
 def test_exact_resume_and_resume_on_fewer_workers_match_an_uninterrupted_run(dataset, uninterrupted, tmp_path):

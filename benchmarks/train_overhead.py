@@ -1,0 +1,157 @@
+"""What Ray Train + DeepSpeed cost: `electra pretrain` on one CPU worker against a plain training loop.
+
+Both train the same model (default: the Small preset) on the same prepared data, same global batch, same
+AdamW, learning-rate schedule and clipping, with the same number of threads. The plain loop is a single
+Python process with torch only. Figures are tokens/s after the first log window (start-up excluded), and
+the seconds each checkpoint blocks training (gather + local write; the upload runs in the background),
+with the run's storage on a local disk and on an S3 endpoint (moto's server on 127.0.0.1, started here).
+
+    python benchmarks/train_overhead.py [--preset small] [--batch 16] [--seq-len 128] [--steps 24] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REVIEWS = HERE.parent.parent / "shared" / "data" / "reviews"
+
+
+def make_dataset(work: Path, seq_len: int) -> str:
+    from pipelines.config import PrepareConfig
+    from pipelines.prepare import run_prepare
+
+    sources = sorted(REVIEWS.glob("*.txt"))
+    if not sources:  # no shared data: generate review-like text
+        sys.path.insert(0, str(HERE.parent))
+        from tests.pipelines.conftest import make_sentences
+
+        (work / "corpus.txt").write_text("\n".join(make_sentences(40000)))
+        sources = [work / "corpus.txt"]
+    output = work / "prepared"
+    run_prepare(PrepareConfig(inputs=[str(s) for s in sources], output=str(output), seq_len=seq_len,
+                              vocab_size=30522), log=lambda _: None)
+    return str(output)
+
+
+def plain_loop(data: str, args) -> float:
+    """tokens/s of a single-process torch loop over the same samples in the same order."""
+    import numpy as np
+    import torch
+
+    from electra_core import ElectraConfig, ElectraPretrainingModel, load_tokenizer, special_token_ids
+    from pipelines.config import PretrainConfig
+    from pipelines.prepare.manifest import load_committed_dataset
+    from pipelines.pretrain.data import SampleOrder, ShardReader
+    from pipelines.pretrain.loop import derived_seed, learning_rate, parameter_groups
+
+    torch.set_num_threads(args.threads)
+    manifest = load_committed_dataset(data)
+    ids = special_token_ids(load_tokenizer(data))
+    config = PretrainConfig(data=data, name="plain", preset=args.preset, global_batch_size=args.batch,
+                            micro_batch_size=args.batch, max_steps=args.steps)
+    model_config = ElectraConfig.from_preset(args.preset, max_position_embeddings=max(512, args.seq_len), **ids)
+    torch.manual_seed(config.seed)
+    model = ElectraPretrainingModel(model_config).train()
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.peak_lr,
+                                  betas=(0.9, 0.999), eps=config.adam_epsilon)
+    order = SampleOrder([s["rows"] for s in manifest["shards"]], config.seed, config.shuffle_window)
+    reader = ShardReader(data, manifest["shards"], manifest["seq_len"], model_config.pad_token_id)
+    generator = torch.Generator()
+    tokens = 0
+    started = None
+    for step in range(args.steps):
+        if step == args.log_every:  # same warm-up exclusion as the pipeline's first log window
+            tokens, started = 0, time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        batch = reader.batch(order, order.sample_ids(step * args.batch, args.batch))
+        batch = {k: torch.from_numpy(v) for k, v in batch.items()}
+        seed = derived_seed(config.seed, step, 0)
+        torch.manual_seed(seed)
+        generator.manual_seed(seed ^ 0x5DEECE66D)
+        loss = model(**batch, rng=generator).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        tokens += int(np.asarray(batch["attention_mask"]).sum())
+    return tokens / (time.perf_counter() - started)
+
+
+def pipeline_run(data: str, storage_uri: str, name: str, args, env: dict) -> dict:
+    command = [str(Path(sys.executable).with_name("electra")), "pretrain", "--data", data, "--storage", storage_uri,
+               "--name", name, "--preset", args.preset, "--workers", "1", "--cpus-per-worker", str(args.threads),
+               "--global-batch-size", str(args.batch), "--micro-batch-size", str(args.batch),
+               "--max-steps", str(args.steps), "--checkpoint-every", str(args.checkpoint_every),
+               "--zero-stage", str(args.zero_stage), "--set", f"log_every={args.log_every}"]
+    completed = subprocess.run(command, capture_output=True, text=True, env=env)
+    if completed.returncode != 0:
+        sys.exit(f"electra pretrain failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
+    from electra_core import storage
+
+    records = [json.loads(line) for line in storage.read_text(f"{storage_uri}/{name}/metrics.jsonl").splitlines()]
+    steady = [r for r in records if r["step"] > args.log_every]
+    blocked = [r["checkpoint_blocked_s"] for r in records if "checkpoint_blocked_s" in r]
+    return {"tokens_per_s": sum(r["tokens_per_s"] for r in steady) / len(steady), "blocked": blocked}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--log-every", type=int, default=4)
+    parser.add_argument("--checkpoint-every", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--zero-stage", type=int, default=2)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="train-overhead-"))
+    try:
+        data = make_dataset(work, args.seq_len)
+        plain = plain_loop(data, args)
+        print(f"plain loop: {plain:,.0f} tokens/s", flush=True)
+        env = {**os.environ}
+        local = pipeline_run(data, str(work / "runs"), "local", args, env)
+        print(f"electra pretrain (local storage): {local['tokens_per_s']:,.0f} tokens/s", flush=True)
+
+        from moto.server import ThreadedMotoServer
+        import boto3
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        s3_env = {**env, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                  "AWS_DEFAULT_REGION": "us-east-1"}
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
+                     aws_secret_access_key="bench").create_bucket(Bucket="bench")
+        os.environ.update(s3_env)
+        on_s3 = pipeline_run(data, "s3://bench/runs", "s3", args, s3_env)
+        server.stop()
+
+        print(f"\n{args.preset} preset, batch {args.batch} x {args.seq_len}, {args.threads} threads, {args.steps} steps, "
+          f"ZeRO-{args.zero_stage}")
+        print(f"{'':>34} {'tokens/s':>10} {'ratio':>6}")
+        print(f"{'plain torch loop':>34} {plain:10,.0f} {1.0:6.2f}")
+        for label, run in (("electra pretrain, 1 worker (local)", local), ("electra pretrain, 1 worker (S3)", on_s3)):
+            print(f"{label:>34} {run['tokens_per_s']:10,.0f} {run['tokens_per_s'] / plain:6.2f}   (target >= 0.9)")
+        for label, run in (("local", local), ("S3", on_s3)):
+            blocked = ", ".join(f"{b:.2f}" for b in run["blocked"])
+            print(f"seconds training was blocked per checkpoint ({label}): {blocked}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
