@@ -141,7 +141,7 @@ def main() -> None:
         server.stop()
 
         print(f"\n{args.preset} preset, batch {args.batch} x {args.seq_len}, {args.threads} threads, {args.steps} steps, "
-          f"ZeRO-{args.zero_stage}")
+          f"--zero-stage {args.zero_stage} (one worker runs stage 0)")
         print(f"{'':>34} {'tokens/s':>10} {'ratio':>6}")
         print(f"{'plain torch loop':>34} {plain:10,.0f} {1.0:6.2f}")
         for label, run in (("electra pretrain, 1 worker (local)", local), ("electra pretrain, 1 worker (S3)", on_s3)):
