@@ -19,7 +19,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from electra_core import ElectraConfig, ElectraPretrainingModel, masking
 

@@ -58,7 +58,3 @@ def fingerprint(manifest: dict[str, Any]) -> str:
     for shard in manifest["shards"]:
         digest.update(shard["sha256"].encode())
     return digest.hexdigest()[:16]
-
-
-def shard_uris(output: str, manifest: dict[str, Any]) -> list[str]:
-    return [storage.join(output, shard["path"]) for shard in manifest["shards"]]

@@ -2,7 +2,6 @@
 
 import json
 
-import torch
 import transformers
 
 from pipelines.cli import main
