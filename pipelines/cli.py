@@ -43,6 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
                           help="continue from a Hugging Face discriminator/ + generator/ pair")
     add_common_flags(pretrain)
 
+    finetune = commands.add_parser("finetune", help="fine-tune a pretrained discriminator on a labeled task")
+    finetune.add_argument("--model", metavar="URI", help="a Hugging Face discriminator directory or a pretrain run")
+    finetune.add_argument("--train", metavar="URI", help="training data: .tsv, .csv, .jsonl or .parquet")
+    finetune.add_argument("--eval", metavar="URI", help="evaluation data, same format")
+    finetune.add_argument("--output", metavar="URI", help="where the classifier, metrics and predictions go")
+    finetune.add_argument("--task-type", dest="task_type", choices=["classification", "regression"])
+    for flag in ("text-column", "text-pair-column", "label-column", "register", "tracking-uri"):
+        finetune.add_argument(f"--{flag}", dest=flag.replace("-", "_"))
+    for flag, kind in (("epochs", int), ("lr", float), ("layer-decay", float), ("batch-size", int),
+                       ("workers", int), ("seed", int)):
+        finetune.add_argument(f"--{flag}", type=kind, dest=flag.replace("-", "_"))
+    add_common_flags(finetune)
+
     demo = commands.add_parser("demo", help="train a tiny ELECTRA on stdlib docstrings in one process and export it")
     demo.add_argument("--output", default="outputs/demo", help="output URI (default: outputs/demo)")
     demo.add_argument("--steps", type=int, default=300, help="optimizer steps (default: 300)")
@@ -79,6 +92,14 @@ def run_command(args: argparse.Namespace) -> None:
                  "warmup_steps", "checkpoint_every", "keep_checkpoints", "max_failures", "init_from", "seed")
         config = build_stage_config(PretrainConfig, "pretrain", args.config, stage_flags(args, names), args.overrides)
         run_pretrain(config, address=args.address)
+    if args.command == "finetune":
+        from pipelines.config import FinetuneConfig, build_stage_config
+        from pipelines.finetune import run_finetune
+
+        names = ("model", "train", "eval", "output", "task_type", "text_column", "text_pair_column", "label_column",
+                 "register", "tracking_uri", "epochs", "lr", "layer_decay", "batch_size", "workers", "seed")
+        config = build_stage_config(FinetuneConfig, "finetune", args.config, stage_flags(args, names), args.overrides)
+        run_finetune(config, address=args.address)
     if args.command == "demo":
         from pipelines.demo import DemoConfig, run_demo
 

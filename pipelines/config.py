@@ -187,6 +187,71 @@ class PretrainConfig:
         return "bf16" if self.gpus_per_worker else "fp32"
 
 
+@dataclass
+class FinetuneConfig:
+    """`electra finetune`: a pretrained discriminator fine-tuned on a labeled task, evaluated, optionally registered."""
+
+    model: str = ""
+    """A Hugging Face-format discriminator directory, or a pretrain run (its export is used)."""
+    train: str = ""
+    """Training data: .tsv, .csv, .jsonl or .parquet on any storage URI."""
+    eval: str = ""
+    """Evaluation data, same format; the best epoch on it is kept."""
+    output: str = ""
+    """Output directory: the classifier (Hugging Face format), metrics.json, predictions.jsonl."""
+    task_type: str = "classification"
+    """classification (integer or string labels) or regression (float targets, STS-B style)."""
+    text_column: str | None = None
+    """Column of the (first) text; None detects sentence/text/sentence1/question."""
+    text_pair_column: str | None = None
+    """Column of the second text of a pair; None detects sentence2/text_pair/question2 if present."""
+    label_column: str | None = None
+    """Column of the label; None detects label/labels/score/target."""
+    epochs: int = 3
+    """Passes over the training data; the epoch with the best eval metric is kept."""
+    lr: float = 1e-4
+    """Peak learning rate of the top layer and the head; lower layers get lr * layer_decay^depth."""
+    layer_decay: float = 0.8
+    """Layer-wise learning-rate decay, 0.8 as in ELECTRA."""
+    warmup_fraction: float = 0.1
+    """Share of the steps spent warming up linearly, then linear decay to zero."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not on biases and LayerNorm weights)."""
+    batch_size: int = 32
+    """Sequences per optimizer step across all workers."""
+    max_seq_len: int = 128
+    """Longer examples are truncated."""
+    workers: int = 1
+    """Ray Train workers (data parallel)."""
+    cpus_per_worker: int = 1
+    """CPUs reserved for each worker; its torch uses as many threads."""
+    gpus_per_worker: int = 0
+    """0 trains on CPU; 1 on one GPU per worker."""
+    seed: int = 0
+    """Seed of the head's initialisation, data order and dropout."""
+    metric: str | None = None
+    """Eval metric that picks the best epoch (and gates promotion): accuracy, f1, mcc, pearson, spearman;
+    None means accuracy for classification and pearson for regression."""
+    register: str | None = None
+    """Register the result as a new version of this MLflow model (gated promotion to @champion)."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; None: MLFLOW_TRACKING_URI, else the embedded default (sqlite under outputs/)."""
+
+    def __post_init__(self) -> None:
+        if self.task_type not in ("classification", "regression"):
+            raise ValueError(f"task_type must be classification or regression, got {self.task_type!r}")
+        for name in ("epochs", "batch_size", "max_seq_len", "workers", "cpus_per_worker"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        allowed = ("accuracy", "f1", "mcc") if self.task_type == "classification" else ("pearson", "spearman")
+        if self.metric is not None and self.metric not in allowed:
+            raise ValueError(f"metric must be one of {allowed} for {self.task_type}, got {self.metric!r}")
+        if self.batch_size % self.workers:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of workers ({self.workers})")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Building configs from YAML, flags and --set
 # ----------------------------------------------------------------------------------------------------------

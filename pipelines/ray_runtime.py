@@ -36,3 +36,15 @@ def cluster_cpus() -> int:
     import ray
 
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def ray_storage(uri: str) -> tuple[str, object | None]:
+    """(storage_path, pyarrow filesystem) for Ray Train: the same fsspec filesystem the rest of the code uses."""
+    if "://" not in uri or uri.startswith("file://"):
+        return os.path.abspath(uri.removeprefix("file://")), None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    from electra_core import storage
+
+    fs, path = storage.filesystem(uri)
+    return path, PyFileSystem(FSSpecHandler(fs))

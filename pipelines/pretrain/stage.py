@@ -55,16 +55,6 @@ def resolve_model_config(config: PretrainConfig, manifest: dict) -> ElectraConfi
         raise InputError(f"pretrain.model: {error}") from None
 
 
-def ray_storage(config: PretrainConfig) -> tuple[str, object | None]:
-    """(storage_path, pyarrow filesystem) for Ray Train: the same fsspec filesystem the rest of the code uses."""
-    if "://" not in config.storage or config.storage.startswith("file://"):
-        return os.path.abspath(config.storage.removeprefix("file://")), None
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    fs, path = storage.filesystem(config.storage)
-    return path, PyFileSystem(FSSpecHandler(fs))
-
-
 def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) -> dict:
     """Runs (or resumes) the pretraining run STORAGE/NAME; returns its result record."""
     started = time.perf_counter()
@@ -81,7 +71,7 @@ def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) 
     if existing:
         log(f"electra pretrain: {uri} has {len(existing)} checkpoints; resuming from the newest good one")
 
-    from pipelines.ray_runtime import ensure_ray
+    from pipelines.ray_runtime import ensure_ray, ray_storage
 
     ensure_ray(address)
     import ray.train
@@ -89,7 +79,7 @@ def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) 
 
     from pipelines.pretrain.loop import train_loop_per_worker
 
-    storage_path, filesystem = ray_storage(config)
+    storage_path, filesystem = ray_storage(config.storage)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"pretrain": to_dict(config), "model": to_dict(model_config), "run_uri": uri,

@@ -1,0 +1,143 @@
+"""Labeled data for fine-tuning: TSV, CSV, JSONL or Parquet on any storage URI, checked row by row.
+
+Every problem is a one-line InputError naming the file, and where it applies the row and the column.
+Rows are numbered from 1 for the first data row (the header, if any, is not counted).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from electra_core import storage
+from pipelines.errors import InputError
+
+TEXT_COLUMNS = ("sentence", "text", "sentence1", "question", "premise", "question1")
+PAIR_COLUMNS = ("sentence2", "text_pair", "question2", "hypothesis")
+LABEL_COLUMNS = ("label", "labels", "score", "target")
+
+
+@dataclass
+class LabeledData:
+    """Texts (and second texts of pairs) with their labels as read, from one file."""
+
+    source: str
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list
+    columns: tuple[str, str | None, str]
+
+
+def read_table(uri: str) -> pa.Table:
+    name = uri.lower().removesuffix(".gz")
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise InputError(f"{uri}: no such file") from None
+    if uri.lower().endswith(".gz"):
+        import gzip
+
+        data = gzip.decompress(data)
+    try:
+        if name.endswith(".tsv"):
+            # GLUE-style TSV: tab separated, no quoting (sentences contain quote characters).
+            return pacsv.read_csv(io.BytesIO(data), parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False))
+        if name.endswith(".csv"):
+            return pacsv.read_csv(io.BytesIO(data))
+        if name.endswith((".jsonl", ".json", ".ndjson")):
+            return pajson.read_json(io.BytesIO(data))
+        if name.endswith((".parquet", ".pq")):
+            return pq.read_table(io.BytesIO(data))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as error:
+        raise InputError(f"{uri}: cannot be read ({str(error).splitlines()[0]})") from None
+    raise InputError(f"{uri}: unknown format; use .tsv, .csv, .jsonl or .parquet")
+
+
+def _pick(uri: str, columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str,
+          required: bool) -> str | None:
+    if wanted is not None:
+        if wanted not in columns:
+            raise InputError(f"{uri}: no column {wanted!r} (columns: {', '.join(columns)})")
+        return wanted
+    found = [c for c in candidates if c in columns]
+    if found:
+        return found[0]
+    if required:
+        raise InputError(f"{uri}: cannot tell which column holds the {what} (columns: {', '.join(columns)}); "
+                         f"name it with --{what.replace(' ', '-')}-column")
+    return None
+
+
+def read_labeled(uri: str, text_column: str | None, pair_column: str | None, label_column: str | None) -> LabeledData:
+    table = read_table(uri)
+    columns = table.column_names
+    text = _pick(uri, columns, text_column, TEXT_COLUMNS, "text", required=True)
+    pair = _pick(uri, columns, pair_column, PAIR_COLUMNS, "text pair", required=False)
+    label = _pick(uri, columns, label_column, LABEL_COLUMNS, "label", required=True)
+    texts = _texts(uri, table, text)
+    pairs = _texts(uri, table, pair) if pair else None
+    labels = table.column(label).to_pylist()
+    for row, value in enumerate(labels, start=1):
+        if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float) and math.isnan(value)):
+            raise InputError(f"{uri}: row {row}: column {label!r} is empty")
+    if not texts:
+        raise InputError(f"{uri}: no rows")
+    return LabeledData(uri, texts, pairs, labels, (text, pair, label))
+
+
+def _texts(uri: str, table: pa.Table, column: str) -> list[str]:
+    values = table.column(column).to_pylist()
+    for row, value in enumerate(values, start=1):
+        if value is None or not str(value).strip():
+            raise InputError(f"{uri}: row {row}: column {column!r} is empty")
+    return [str(value) for value in values]
+
+
+@dataclass
+class LabelSpace:
+    """How labels as read map to model outputs: class ids for classification, floats for regression."""
+
+    task_type: str
+    names: list[str]  # classification: id -> name
+    kind: str  # int, str or float: the type the labels are given back in
+
+    @classmethod
+    def from_training(cls, data: LabeledData, task_type: str) -> "LabelSpace":
+        if task_type == "regression":
+            for row, value in enumerate(data.labels, start=1):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise InputError(f"{data.source}: row {row}: column {data.columns[2]!r} holds {value!r}, "
+                                     "not a number (task_type regression)")
+            return cls("regression", [], "float")
+        kind = "int" if all(isinstance(v, int) and not isinstance(v, bool) for v in data.labels) else "str"
+        names = sorted({str(v) for v in data.labels}, key=lambda v: (int(v) if kind == "int" else 0, v))
+        if len(names) < 2:
+            raise InputError(f"{data.source}: column {data.columns[2]!r} has a single label ({names[0]!r}); "
+                             "classification needs at least two")
+        return cls("classification", names, kind)
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.task_type == "regression" else len(self.names)
+
+    def encode(self, data: LabeledData) -> list:
+        if self.task_type == "regression":
+            return [float(v) for v in data.labels]
+        index = {name: i for i, name in enumerate(self.names)}
+        encoded = []
+        for row, value in enumerate(data.labels, start=1):
+            if str(value) not in index:
+                raise InputError(f"{data.source}: row {row}: label {value!r} in column {data.columns[2]!r} never "
+                                 "appears in the training data")
+            encoded.append(index[str(value)])
+        return encoded
+
+    def decode(self, class_id: int):
+        name = self.names[class_id]
+        return int(name) if self.kind == "int" else name

@@ -1,0 +1,86 @@
+"""The finetune stage on the driver: resolve the model, read and check the data, train on Ray Train.
+
+Skeleton: parse config -> model directory and labeled data (every problem a one-line InputError) ->
+TorchTrainer (workers run pipelines.finetune.loop) -> outputs + result record (-> registry when asked).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from electra_core import storage
+from pipelines.config import FinetuneConfig, to_dict
+from pipelines.errors import InputError
+from pipelines.finetune.data import LabelSpace, read_labeled
+from pipelines.finetune.metrics import DEFAULT_METRIC
+
+
+def resolve_model(uri: str) -> str:
+    """A discriminator directory from a model URI: the directory itself, or a pretrain run's export."""
+    if storage.exists(storage.join(uri, "config.json")):
+        return uri
+    result_uri = storage.join(uri, "result.json")
+    if storage.exists(result_uri):
+        export = json.loads(storage.read_text(result_uri))["export"]
+        return export.get("discriminator") or export["generator"]
+    for part in ("discriminator", "generator"):
+        candidate = storage.join(uri, "export", part)
+        if storage.exists(storage.join(candidate, "config.json")):
+            return candidate
+    raise InputError(f"{uri}: not a model directory (no config.json) nor a pretrain run (no result.json)")
+
+
+def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) -> dict:
+    started = time.perf_counter()
+    for name in ("model", "train", "eval", "output"):
+        if not getattr(config, name):
+            raise InputError(f"--{name} is required")
+    if "://" not in config.output:
+        import dataclasses
+
+        config = dataclasses.replace(config, output=os.path.abspath(config.output))
+    model_dir = resolve_model(config.model)
+    if not storage.exists(storage.join(model_dir, "tokenizer.json")):
+        raise InputError(f"{model_dir}: no tokenizer.json next to the model")
+    train = read_labeled(config.train, config.text_column, config.text_pair_column, config.label_column)
+    evaluation = read_labeled(config.eval, train.columns[0], train.columns[1], train.columns[2])
+    labels = LabelSpace.from_training(train, config.task_type)
+    train_labels, eval_labels = labels.encode(train), labels.encode(evaluation)
+    metric = config.metric or DEFAULT_METRIC[config.task_type]
+    log(f"electra finetune: {len(train.texts):,} training and {len(evaluation.texts):,} eval examples, "
+        f"columns {train.columns}, {labels.num_labels} {'outputs' if labels.task_type == 'regression' else 'labels'}; "
+        f"model {model_dir}")
+
+    from pipelines.ray_runtime import ensure_ray, ray_storage
+
+    ensure_ray(address)
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.finetune.loop import finetune_loop_per_worker
+
+    storage_path, filesystem = ray_storage(config.output)
+    trainer = TorchTrainer(
+        finetune_loop_per_worker,
+        train_loop_config={
+            "finetune": to_dict(config), "model_dir": model_dir, "metric": metric,
+            "label_names": labels.names, "label_kind": labels.kind,
+            "train_texts": train.texts, "train_pairs": train.pairs, "train_labels": train_labels,
+            "eval_texts": evaluation.texts, "eval_pairs": evaluation.pairs, "eval_labels": eval_labels,
+            "eval_labels_raw": evaluation.labels,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.workers, use_gpu=config.gpus_per_worker > 0,
+            resources_per_worker={"CPU": config.cpus_per_worker,
+                                  **({"GPU": config.gpus_per_worker} if config.gpus_per_worker else {})},
+        ),
+        # Ray Train's own records of the run go under the output (no checkpoints are reported).
+        run_config=ray.train.RunConfig(name="_ray", storage_path=storage_path, storage_filesystem=filesystem),
+    )
+    trainer.fit()
+    metrics = json.loads(storage.read_text(storage.join(config.output, "metrics.json")))
+    log(f"electra finetune: best epoch {metrics['best_epoch']}, eval {metric} {metrics['value']:.4f} "
+        f"in {time.perf_counter() - started:.0f} s -> {config.output}")
+    return {"output": config.output, "model": model_dir, "metrics": metrics}
