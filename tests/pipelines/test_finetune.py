@@ -1,0 +1,149 @@
+"""`electra finetune` on a real local Ray: a learnable task, its outputs, and every bad-input case."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import electra_core
+from pipelines.cli import main
+from pipelines.config import FinetuneConfig
+from pipelines.errors import InputError
+from pipelines.finetune import run_finetune
+from pipelines.finetune.metrics import classification_metrics, regression_metrics
+
+POSITIVE = "good great wonderful superb delightful lovely".split()
+NEGATIVE = "bad awful terrible dreadful boring dull".split()
+FILLER = "the movie plot actors was and a with story film scenes".split()
+
+
+def sentiment_rows(count: int, seed: int, labels=("0", "1")) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        positive = rng.random() < 0.5
+        words = [rng.choice(FILLER) for _ in range(rng.randint(4, 10))]
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if positive else NEGATIVE))
+        rows.append((" ".join(words), labels[1] if positive else labels[0]))
+    return rows
+
+
+def write_tsv(path, rows, header=("sentence", "label")) -> str:
+    path.write_text("\t".join(header) + "\n" + "".join("\t".join(row) + "\n" for row in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny discriminator with a tokenizer that knows the task's words (no pretraining needed here)."""
+    root = tmp_path_factory.mktemp("model")
+    tokenizer = electra_core.train_tokenizer([s for s, _ in sentiment_rows(500, 0)], vocab_size=120)
+    config = electra_core.ElectraConfig.from_preset("tiny", **electra_core.special_token_ids(tokenizer))
+    torch.manual_seed(0)
+    electra_core.ElectraForPreTraining(config).save_pretrained(str(root))
+    electra_core.save_tokenizer(tokenizer, str(root))
+    return str(root)
+
+
+def finetune(model_dir, train, evaluation, output, **settings):
+    config = FinetuneConfig(model=model_dir, train=train, eval=evaluation, output=str(output),
+                            **{"epochs": 4, "lr": 3e-3, "batch_size": 16, **settings})
+    return run_finetune(config, log=lambda _: None)
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_learnable_task_beats_the_majority_baseline_and_the_output_loads_in_transformers(model_dir, tmp_path):
+    train = write_tsv(tmp_path / "train.tsv", sentiment_rows(600, 1))
+    evaluation = write_tsv(tmp_path / "dev.tsv", sentiment_rows(200, 2))
+    result = finetune(model_dir, train, evaluation, tmp_path / "out")
+
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["metric"] == "accuracy" and metrics["value"] >= 0.9  # majority class is ~0.5
+    assert result["metrics"]["best_epoch"] == metrics["best_epoch"]
+    predictions = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 200 and set(predictions[0]["probabilities"]) == {"0", "1"}
+    assert isinstance(predictions[0]["label"], int) and isinstance(predictions[0]["prediction"], int)
+
+    ours = electra_core.ElectraForSequenceClassification.from_pretrained(str(tmp_path / "out")).eval()
+    theirs = transformers.ElectraForSequenceClassification.from_pretrained(tmp_path / "out").eval()
+    tokenizer = transformers.ElectraTokenizerFast.from_pretrained(tmp_path / "out")
+    encoded = tokenizer(["the film was superb", "a dull story"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert (ours(**encoded).logits - theirs(**encoded).logits).abs().max().item() <= 1e-4
+    accuracy_of_saved_model = np.mean([p["prediction"] == p["label"] for p in predictions])
+    assert accuracy_of_saved_model == pytest.approx(metrics["value"])
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_string_labels_and_two_workers(model_dir, tmp_path):
+    train = write_tsv(tmp_path / "train.tsv", sentiment_rows(400, 3, labels=("negative", "positive")))
+    evaluation = write_tsv(tmp_path / "dev.tsv", sentiment_rows(100, 4, labels=("negative", "positive")))
+    finetune(model_dir, train, evaluation, tmp_path / "out", workers=2, epochs=3)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    prediction = json.loads((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()[0])
+    assert prediction["prediction"] in ("negative", "positive")
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_regression_on_jsonl_pairs(model_dir, tmp_path):
+    rng = random.Random(5)
+
+    def rows(count):
+        lines = []
+        for _ in range(count):
+            positives = rng.randint(0, 3)
+            words = [rng.choice(FILLER) for _ in range(4)] + [rng.choice(POSITIVE) for _ in range(positives)]
+            lines.append(json.dumps({"sentence1": " ".join(words), "sentence2": "the film", "score": float(positives)}))
+        return "\n".join(lines) + "\n"
+
+    (tmp_path / "train.jsonl").write_text(rows(500))
+    (tmp_path / "dev.jsonl").write_text(rows(100))
+    result = finetune(model_dir, str(tmp_path / "train.jsonl"), str(tmp_path / "dev.jsonl"), tmp_path / "out",
+                      task_type="regression", epochs=5)
+    assert result["metrics"]["metric"] == "pearson" and result["metrics"]["value"] > 0.8
+    assert "spearman" in result["metrics"]["eval"]
+
+
+@pytest.mark.parametrize(
+    "train_text, eval_text, flags, message",
+    [
+        ("sentence\tlabel\ngood film\t1\nbad film\t0\n", "sentence\tlabel\nok\t2\n", [],
+         "dev.tsv: row 1: label 2 in column 'label' never appears in the training data"),
+        ("sentence\tlabel\ngood film\t1\n\t0\n", "sentence\tlabel\nok\t1\n", [], "train.tsv: row 2: column 'sentence' is empty"),
+        ("review\tlabel\ngood film\t1\nbad\t0\n", "review\tlabel\nok\t1\n", ["--text-column", "text"],
+         "train.tsv: no column 'text' (columns: review, label)"),
+        ("words\tstars\ngood film\t1\nbad\t0\n", "words\tstars\nok\t1\n", [], "cannot tell which column holds the text"),
+        ("sentence\tlabel\ngood film\t1\nbad film\t\n", "sentence\tlabel\nok\t1\n", [],
+         "train.tsv: row 2: column 'label' is empty"),
+    ],
+)
+def test_bad_data_is_a_one_line_error_naming_file_row_and_column_with_exit_2(
+        model_dir, tmp_path, capsys, train_text, eval_text, flags, message):
+    (tmp_path / "train.tsv").write_text(train_text)
+    (tmp_path / "dev.tsv").write_text(eval_text)
+    status = main(["finetune", "--model", model_dir, "--train", str(tmp_path / "train.tsv"),
+                   "--eval", str(tmp_path / "dev.tsv"), "--output", str(tmp_path / "out"), *flags])
+    error = capsys.readouterr().err.strip()
+    assert status == 2 and error.count("\n") == 0 and message in error
+
+
+def test_a_model_uri_that_is_neither_a_model_nor_a_run_is_refused(tmp_path):
+    with pytest.raises(InputError, match="not a model directory"):
+        run_finetune(FinetuneConfig(model=str(tmp_path), train="t.tsv", eval="e.tsv", output=str(tmp_path / "o")))
+
+
+def test_metrics_match_hand_computed_values():
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 1])
+    predictions = np.array([1, 1, 0, 0, 0, 1, 0, 1])
+    metrics = classification_metrics(predictions, labels, 2)
+    assert metrics["accuracy"] == 0.75
+    assert metrics["f1"] == pytest.approx(0.75)  # precision 3/4, recall 3/4
+    assert metrics["mcc"] == pytest.approx(0.5)  # (3*3 - 1*1) / sqrt(4*4*4*4)
+    perfect = regression_metrics(np.array([1.0, 2.0, 3.0, 10.0]), np.array([2.0, 4.0, 6.0, 7.0]))
+    assert perfect["spearman"] == pytest.approx(1.0) and perfect["pearson"] < 1.0
