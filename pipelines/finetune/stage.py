@@ -83,4 +83,21 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
     metrics = json.loads(storage.read_text(storage.join(config.output, "metrics.json")))
     log(f"electra finetune: best epoch {metrics['best_epoch']}, eval {metric} {metrics['value']:.4f} "
         f"in {time.perf_counter() - started:.0f} s -> {config.output}")
-    return {"output": config.output, "model": model_dir, "metrics": metrics}
+    result = {"output": config.output, "model": model_dir, "metrics": metrics}
+    if config.register:
+        from pipelines.finetune.registry import register
+
+        result["registry"] = register(config.register, config.tracking_uri, config.output, to_dict(config), metrics,
+                                      lineage(config.model, model_dir), log=log)
+    return result
+
+
+def lineage(model_uri: str, model_dir: str) -> dict:
+    """Where the model came from: the pretrain run and its dataset, when the model is a run's export."""
+    record = {"model": model_dir}
+    result_uri = storage.join(model_uri, "result.json")
+    if storage.exists(result_uri):
+        pretrain = json.loads(storage.read_text(result_uri))
+        record.update(pretrain_run=pretrain.get("run"), dataset=pretrain.get("dataset"),
+                      dataset_fingerprint=pretrain.get("dataset_fingerprint"))
+    return record

@@ -147,3 +147,89 @@ def test_metrics_match_hand_computed_values():
     assert metrics["mcc"] == pytest.approx(0.5)  # (3*3 - 1*1) / sqrt(4*4*4*4)
     perfect = regression_metrics(np.array([1.0, 2.0, 3.0, 10.0]), np.array([2.0, 4.0, 6.0, 7.0]))
     assert perfect["spearman"] == pytest.approx(1.0) and perfect["pearson"] < 1.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Registry
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` with a SQLite backend on 127.0.0.1; yields its URL."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("mlflow")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        server.kill()
+        raise RuntimeError("mlflow server did not start")
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_registered_versions_are_promoted_only_on_improvement_and_answer_through_pyfunc(
+        model_dir, tmp_path, mlflow_server):
+    import mlflow
+    import pandas as pd
+
+    labels = ("negative", "positive")
+    train = write_tsv(tmp_path / "train.tsv", sentiment_rows(600, 7, labels=labels))
+    evaluation = write_tsv(tmp_path / "dev.tsv", sentiment_rows(200, 8, labels=labels))
+    first = finetune(model_dir, train, evaluation, tmp_path / "v1", register="sentiment", tracking_uri=mlflow_server)
+    worse = finetune(model_dir, train, evaluation, tmp_path / "v2", register="sentiment", tracking_uri=mlflow_server,
+                     lr=1e-9, epochs=1)
+
+    assert first["registry"]["version"] == "1" and "promoted" in first["registry"]["decision"]
+    assert worse["registry"]["score"] < first["registry"]["score"]
+    assert "kept version 1 as champion" in worse["registry"]["decision"]
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    assert str(client.get_model_version_by_alias("sentiment", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("sentiment", "challenger").version) == "2"
+    tags = client.get_model_version("sentiment", "2").tags
+    assert "kept version 1" in tags["electra.promotion"] and "vs champion" in tags["electra.scores"]
+    run = client.get_run(client.get_model_version("sentiment", "1").run_id)
+    assert run.data.params["lr"] == "0.003" and "electra.code_version" in run.data.tags
+    assert run.data.metrics["accuracy"] == first["registry"]["score"]
+
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model("models:/sentiment@champion")
+    answer = model.predict(pd.DataFrame({"sentence": ["the film was superb", "a dull and boring story"]}))
+    assert answer["label"].tolist() == ["positive", "negative"]
+    assert set(answer.columns) == {"label", "negative", "positive"}
+    assert answer[["negative", "positive"]].sum(axis=1).round(5).tolist() == [1.0, 1.0]
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_the_embedded_default_registry_needs_no_server(model_dir, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train = write_tsv(tmp_path / "train.tsv", sentiment_rows(300, 9))
+    evaluation = write_tsv(tmp_path / "dev.tsv", sentiment_rows(100, 10))
+    result = finetune(model_dir, train, evaluation, tmp_path / "out", register="local-model", epochs=2)
+    assert result["registry"]["tracking_uri"].startswith("sqlite:///") and (tmp_path / "outputs" / "mlflow").is_dir()
+    client = mlflow.MlflowClient(tracking_uri=result["registry"]["tracking_uri"])
+    assert str(client.get_model_version_by_alias("local-model", "champion").version) == "1"

@@ -1,0 +1,86 @@
+"""MLflow Model Registry: each registered fine-tune becomes a new version; `champion` moves only on improvement.
+
+Embedded default: a SQLite tracking store and a local artifact root under outputs/mlflow (no server). A
+remote server through MLFLOW_TRACKING_URI or --tracking-uri. No secrets in params or tags: values of keys
+that look like credentials are redacted.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+EXPERIMENT = "electra-finetune"
+_SECRET_WORDS = ("secret", "password", "token", "key", "credential")
+
+
+def tracking_uri(configured: str | None) -> str:
+    if configured or os.environ.get("MLFLOW_TRACKING_URI"):
+        return configured or os.environ["MLFLOW_TRACKING_URI"]
+    root = Path("outputs/mlflow").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def redacted(values: dict) -> dict:
+    return {k: ("***" if any(word in k.lower() for word in _SECRET_WORDS) and v else v) for k, v in values.items()}
+
+
+def code_version() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        from importlib.metadata import version
+
+        return version("electra-ray")
+
+
+def register(name: str, configured_uri: str | None, output: str, config: dict, metrics: dict, lineage: dict,
+             log=print) -> dict:
+    """Logs the run, registers a version of `name`, and moves `champion` to it only if it beats the current one."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(configured_uri)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        artifacts = None
+        if uri.startswith("sqlite:///"):
+            artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+    mlflow.set_experiment(EXPERIMENT)
+    metric, score = metrics["metric"], float(metrics["value"])
+    package = Path(__file__).resolve().parents[2] / "electra_core"
+    with mlflow.start_run(run_name=f"{name}-finetune") as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in redacted(config).items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics["eval"].items() if isinstance(v, (int, float))})
+        mlflow.set_tags({f"electra.{k}": str(v) for k, v in {**lineage, "code_version": code_version()}.items()})
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+            artifacts={"classifier": output},
+            code_paths=[str(package)],
+            registered_model_name=name,
+        )
+    client = MlflowClient(tracking_uri=uri)
+    version = str(info.registered_model_version)
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+        champion_score = float(client.get_run(champion.run_id).data.metrics[metric])
+    except Exception:  # no champion yet (MLflow raises its own exception types for a missing alias)
+        champion, champion_score = None, None
+    if champion is None or score > champion_score:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        decision = f"promoted: version {version} is the new {CHAMPION}"
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        decision = f"kept version {champion.version} as {CHAMPION}; version {version} is the {CHALLENGER}"
+    scores = f"{metric} {score:.4f}" + (f" vs {CHAMPION} {champion_score:.4f}" if champion is not None else "")
+    client.set_model_version_tag(name, version, "electra.promotion", decision)
+    client.set_model_version_tag(name, version, "electra.scores", scores)
+    log(f"electra finetune: registered {name} version {version} ({scores}); {decision}")
+    return {"name": name, "version": version, "decision": decision, "score": score,
+            "champion_score": champion_score, "tracking_uri": uri, "run_id": run.info.run_id}
