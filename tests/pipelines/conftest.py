@@ -33,3 +33,9 @@ def make_sentences(count: int, seed: int = 0) -> list[str]:
 @pytest.fixture
 def corpus_sentences():
     return make_sentences
+
+
+def command_errors(stderr: str) -> list[str]:
+    """The command's own error lines. A local Ray streams its workers' logs into the same stderr whenever
+    they arrive, so those lines are left out."""
+    return [line for line in stderr.splitlines() if line.startswith("electra ")]

@@ -23,7 +23,7 @@ from pipelines.cli import main
 from pipelines.config import PrepareConfig
 from pipelines.prepare import load_committed_dataset, run_prepare
 from pipelines.errors import InputError
-from tests.pipelines.conftest import make_sentences
+from tests.pipelines.conftest import command_errors, make_sentences
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 
@@ -281,7 +281,7 @@ def test_strict_mode_exits_2_before_committing(tmp_path, capsys):
     status = main(["prepare", "--input", str(tmp_path / "good.txt"), str(tmp_path / "bad.txt.gz"),
                    "--output", str(tmp_path / "out"), "--vocab-size", "300", "--strict"])
     assert status == 2
-    error = capsys.readouterr().err.strip().splitlines()
+    error = command_errors(capsys.readouterr().err)
     assert len(error) == 1 and "bad.txt.gz" in error[0]
     assert not (tmp_path / "out" / "_manifest.json").exists()
 
@@ -318,8 +318,8 @@ def test_a_giant_line_without_newline_is_split_with_bounded_memory(tmp_path):
 def test_missing_input_exits_2_naming_it_before_any_work(tmp_path, capsys):
     status = main(["prepare", "--input", str(tmp_path / "nope.txt"), "--output", str(tmp_path / "out")])
     assert status == 2
-    error = capsys.readouterr().err.strip()
-    assert error.count("\n") == 0 and "nope.txt" in error
+    (error,) = command_errors(capsys.readouterr().err)
+    assert "nope.txt" in error
     assert not (tmp_path / "out").exists()
 
 
