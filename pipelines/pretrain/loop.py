@@ -136,7 +136,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
         done = step + 1
         if done % config.log_every == 0 or done == end_step:
-            record = window.record(done, lr, engine, world_size, config, flops_per_token, peak)
+            record = window.record(done, lr, engine, world_size, config, flops_per_token, peak, order.num_samples)
             if metrics is not None:
                 metrics.log(record)
             preempted = ray.train.get_preemption_info() is not None
@@ -190,7 +190,7 @@ class _Window:
         self.samples += attention_mask.shape[0]
 
     def record(self, step: int, lr: float, engine, world_size: int, config: PretrainConfig,
-               flops_per_token: float, peak: float | None) -> dict:
+               flops_per_token: float, peak: float | None, dataset_size: int) -> dict:
         import torch.distributed as dist
 
         elapsed = time.perf_counter() - self.started
@@ -208,22 +208,13 @@ class _Window:
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
             "tokens_per_s": tokens / elapsed,
             "samples_per_s": samples / elapsed,
-            "epoch": step * config.global_batch_size / max(1, _dataset_size(config)),
+            "epoch": step * config.global_batch_size / dataset_size,
         }
         if peak:
             record["mfu"] = tokens / elapsed * flops_per_token / (peak * world_size)
         self.last_record = record
         self.reset()
         return record
-
-
-_SIZES: dict[str, int] = {}
-
-
-def _dataset_size(config: PretrainConfig) -> int:
-    if config.data not in _SIZES:
-        _SIZES[config.data] = load_committed_dataset(config.data)["counts"]["sequences"]
-    return _SIZES[config.data]
 
 
 class _SampleLog:
