@@ -185,6 +185,11 @@ def attention_bias_from_mask(attention_mask: torch.Tensor | None) -> torch.Tenso
     return attention_mask.bool()[:, None, None, :]
 
 
+def takes_weight_decay(parameter_name: str) -> bool:
+    """Weight decay applies to matrices only, not to biases and LayerNorm weights (BERT and ELECTRA)."""
+    return not (parameter_name.endswith("bias") or "LayerNorm" in parameter_name)
+
+
 class ElectraPreTrainedModel(PreTrainedMixin, nn.Module):
     """Weight initialisation as in transformers, plus save_pretrained/from_pretrained (PreTrainedMixin)."""
 
@@ -395,13 +400,19 @@ class PretrainingOutput:
     replaced_fraction: torch.Tensor | None = None
     masked_tokens: int = 0
 
+    STATISTICS = ("loss", "generator_loss", "generator_accuracy", "discriminator_loss", "discriminator_accuracy",
+                  "replaced_fraction")
+
+    def statistics(self) -> tuple[tuple[str, ...], torch.Tensor]:
+        """(names, one detached float tensor of the set statistics), still on the device: summing these over
+        micro-batches and reading them once per log line avoids a host sync on every step."""
+        names = tuple(name for name in self.STATISTICS if getattr(self, name) is not None)
+        return names, torch.stack([getattr(self, name).detach().float() for name in names])
+
     def metrics(self) -> dict[str, float]:
         """Python floats of every statistic that is set (one device sync)."""
-        names = ("loss", "generator_loss", "generator_accuracy", "discriminator_loss", "discriminator_accuracy",
-                 "replaced_fraction")
-        present = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
-        values = torch.stack([value.detach().float() for value in present.values()]).tolist()
-        return {**dict(zip(present, values)), "masked_tokens": self.masked_tokens}
+        names, values = self.statistics()
+        return {**dict(zip(names, values.tolist())), "masked_tokens": self.masked_tokens}
 
 
 class ElectraPretrainingModel(nn.Module):

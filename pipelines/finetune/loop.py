@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from electra_core import ElectraForSequenceClassification, load_tokenizer, save_tokenizer, storage
+from electra_core.modeling import takes_weight_decay
 from pipelines.config import FinetuneConfig
 from pipelines.finetune.metrics import classification_metrics, regression_metrics
 
@@ -32,7 +33,7 @@ def layerwise_parameter_groups(model: torch.nn.Module, config: FinetuneConfig, n
             depth = num_layers + 1
         else:
             depth = 0
-        decay = not (name.endswith("bias") or "LayerNorm" in name)
+        decay = takes_weight_decay(name)
         group = groups.setdefault((depth, decay), {
             "params": [], "lr_scale": config.layer_decay**depth, "weight_decay": config.weight_decay if decay else 0.0,
         })

@@ -14,6 +14,8 @@ import mlflow
 import pandas as pd
 import torch
 
+# This file is logged to MLflow as standalone code with only electra_core bundled beside it, so it cannot
+# import pipelines.finetune: the column names below mirror pipelines/finetune/data.py.
 TEXT_COLUMNS = ("sentence", "text", "sentence1", "question", "premise", "question1")
 PAIR_COLUMNS = ("sentence2", "text_pair", "question2", "hypothesis")
 

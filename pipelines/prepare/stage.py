@@ -54,7 +54,9 @@ def run_prepare(config: PrepareConfig, address: str | None = None, log: Callable
         raise InputError("--output is required")
     files = discover(config.inputs)
     previous = manifests.read_manifest(config.output)
-    tokenizer_json = resolve_tokenizer(config, previous, files, log)
+    tokenizer = resolve_tokenizer(config, previous, files, log)
+    # The canonical serialisation: what is written, hashed and handed to the actors is the same text.
+    tokenizer_json = tokenizer.to_str()
     tokenizer_sha = hashlib.sha256(tokenizer_json.encode()).hexdigest()
     content_key = content_fingerprint(config, tokenizer_sha)
 
@@ -75,7 +77,7 @@ def run_prepare(config: PrepareConfig, address: str | None = None, log: Callable
 
     # --- run ---------------------------------------------------------------------------------------------
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    publish_tokenizer(config.output, tokenizer_json, tokenizer_sha)
+    publish_tokenizer(config.output, tokenizer, tokenizer_sha)
     new_entries, new_shards = tokenize_files(new_files, config, tokenizer_json, content_key, run_id, address, log)
 
     # --- commit ------------------------------------------------------------------------------------------
@@ -86,7 +88,7 @@ def run_prepare(config: PrepareConfig, address: str | None = None, log: Callable
         raise InputError(f"{failed[0]['uri']}: {failed[0]['reason']} (--strict; {len(failed)} files failed, "
                          "nothing committed)")
     kept_shards = [s for s in (previous or {}).get("shards", []) if s["source"] in {e["uri"] for e in kept}]
-    manifest = build_manifest(config, kept + new_entries, kept_shards + new_shards, tokenizer_json,
+    manifest = build_manifest(config, kept + new_entries, kept_shards + new_shards, tokenizer.get_vocab_size(),
                               tokenizer_sha, content_key, previous, run_id)
     manifests.write_manifest(config.output, manifest)
     remove_unlisted_shards(config.output, manifest)
@@ -111,8 +113,8 @@ def content_fingerprint(config: PrepareConfig, tokenizer_sha: str) -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def resolve_tokenizer(config: PrepareConfig, previous: dict | None, files: list[InputFile], log) -> str:
-    """tokenizer.json text: the one given, else the output's own (so re-runs agree), else one trained."""
+def resolve_tokenizer(config: PrepareConfig, previous: dict | None, files: list[InputFile], log):
+    """The tokenizer: the one given, else the output's own (so re-runs agree), else one trained."""
     if config.tokenizer:
         uri = config.tokenizer if config.tokenizer.endswith(".json") else storage.join(config.tokenizer, TOKENIZER_FILE)
         return _validated_tokenizer(uri)
@@ -126,10 +128,10 @@ def resolve_tokenizer(config: PrepareConfig, previous: dict | None, files: list[
     tokenizer = train_tokenizer(sample, vocab_size=config.vocab_size)
     if tokenizer.get_vocab_size() <= 5:
         raise InputError(f"{config.inputs[0]}: no readable text to train a tokenizer on")
-    return tokenizer.to_str()
+    return tokenizer
 
 
-def _validated_tokenizer(uri: str) -> str:
+def _validated_tokenizer(uri: str):
     from tokenizers import Tokenizer
 
     try:
@@ -141,17 +143,15 @@ def _validated_tokenizer(uri: str) -> str:
         raise InputError(f"{uri}: not a valid tokenizer.json ({error})") from None
     if tokenizer.token_to_id(CLS) is None or tokenizer.token_to_id(SEP) is None:
         raise InputError(f"{uri}: tokenizer has no {CLS} and {SEP} tokens")
-    return text
+    return tokenizer
 
 
-def publish_tokenizer(output: str, tokenizer_json: str, tokenizer_sha: str) -> None:
+def publish_tokenizer(output: str, tokenizer, tokenizer_sha: str) -> None:
     """Writes tokenizer.json (plus the transformers side files) at the output's root, unless already there."""
     own = storage.join(output, TOKENIZER_FILE)
     if storage.exists(own) and hashlib.sha256(storage.read_bytes(own)).hexdigest() == tokenizer_sha:
         return
-    from tokenizers import Tokenizer
-
-    save_tokenizer(Tokenizer.from_str(tokenizer_json), output)
+    save_tokenizer(tokenizer, output)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -340,10 +340,8 @@ class ShardWriter:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def build_manifest(config: PrepareConfig, entries: list[dict], shards: list[dict], tokenizer_json: str,
+def build_manifest(config: PrepareConfig, entries: list[dict], shards: list[dict], vocab_size: int,
                    tokenizer_sha: str, content_key: str, previous: dict | None, run_id: str) -> dict:
-    from tokenizers import Tokenizer
-
     read = [e for e in entries if e["status"] == "read"]
     sequences = sum(e["sequences"] for e in read)
     tokens = sum(e["tokens"] for e in read)
@@ -359,7 +357,7 @@ def build_manifest(config: PrepareConfig, entries: list[dict], shards: list[dict
         "content_fingerprint": content_key,
         "seq_len": config.seq_len,
         "tokenizer": {"path": TOKENIZER_FILE, "sha256": tokenizer_sha,
-                      "vocab_size": Tokenizer.from_str(tokenizer_json).get_vocab_size()},
+                      "vocab_size": vocab_size},
         "counts": {
             "files": len(entries),
             "files_read": len(read),

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from electra_core import ElectraConfig, ElectraPretrainingModel, storage
+from electra_core.modeling import takes_weight_decay
 from electra_core.tokenizer import TOKENIZER_FILE, load_tokenizer, save_tokenizer
 from pipelines.config import PretrainConfig
 from pipelines.prepare.manifest import load_committed_dataset
@@ -41,7 +42,7 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices only, not on biases and LayerNorm weights (as ELECTRA and BERT)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
+        (decay if takes_weight_decay(name) else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -174,19 +175,19 @@ class _Window:
         self.last_record: dict = {}
 
     def reset(self) -> None:
-        self.sums: dict[str, float] = {}
+        self.names: tuple[str, ...] = ()
+        self.sums: torch.Tensor | None = None
+        self.tokens: torch.Tensor | int = 0
         self.micro_batches = 0
-        self.tokens = 0
         self.samples = 0
         self.started = time.perf_counter()
-        self.steps = 0
 
     def add(self, output, attention_mask: torch.Tensor) -> None:
-        values = output.metrics()
-        for key, value in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
+        # Summed on the device and read once per log line: no host sync in the training step.
+        self.names, values = output.statistics()
+        self.sums = values if self.sums is None else self.sums + values
+        self.tokens = self.tokens + attention_mask.sum()
         self.micro_batches += 1
-        self.tokens += int(attention_mask.sum())
         self.samples += attention_mask.shape[0]
 
     def record(self, step: int, lr: float, engine, world_size: int, config: PretrainConfig,
@@ -194,7 +195,7 @@ class _Window:
         import torch.distributed as dist
 
         elapsed = time.perf_counter() - self.started
-        totals = torch.tensor([self.tokens, self.samples], dtype=torch.float64)
+        totals = torch.tensor([float(self.tokens), self.samples], dtype=torch.float64)
         if dist.is_initialized() and world_size > 1:
             backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
             totals = totals.to(backend_device)
@@ -203,7 +204,7 @@ class _Window:
         grad_norm = engine.get_global_grad_norm()
         record = {
             "step": step,
-            **{k: v / self.micro_batches for k, v in self.sums.items() if k != "masked_tokens"},
+            **dict(zip(self.names, (self.sums / self.micro_batches).tolist())),
             "lr": lr,
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
             "tokens_per_s": tokens / elapsed,
