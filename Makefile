@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 .PHONY: demo test test-fast install benchmarks clean
 
 demo: $(STAMP)
-	$(BIN)/electra demo
+	$(BIN)/electra run --config configs/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

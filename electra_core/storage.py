@@ -37,6 +37,15 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+def delete(uri: str) -> None:
+    """Removes a file; one that is already gone is not an error."""
+    fs, path = filesystem(uri)
+    try:
+        fs.rm(path)
+    except FileNotFoundError:
+        pass
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     try:

@@ -56,10 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         finetune.add_argument(f"--{flag}", type=kind, dest=flag.replace("-", "_"))
     add_common_flags(finetune)
 
-    demo = commands.add_parser("demo", help="train a tiny ELECTRA on stdlib docstrings in one process and export it")
-    demo.add_argument("--output", default="outputs/demo", help="output URI (default: outputs/demo)")
-    demo.add_argument("--steps", type=int, default=300, help="optimizer steps (default: 300)")
-    demo.add_argument("--seed", type=int, default=0)
+    run = commands.add_parser("run", help="prepare, pretrain, finetune and register as one pipeline; stages whose "
+                                          "outputs are up to date are skipped")
+    run.add_argument("--config", metavar="FILE", required=True, help="pipeline config (YAML), e.g. configs/demo.yaml")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                     help="override a field of a section, e.g. --set pretrain.max_steps=2000 (repeatable)")
+    run.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     return parser
 
 
@@ -100,12 +102,10 @@ def run_command(args: argparse.Namespace) -> None:
                  "register", "tracking_uri", "epochs", "lr", "layer_decay", "batch_size", "workers", "seed")
         config = build_stage_config(FinetuneConfig, "finetune", args.config, stage_flags(args, names), args.overrides)
         run_finetune(config, address=args.address)
-    if args.command == "demo":
-        from pipelines.demo import DemoConfig, run_demo
+    if args.command == "run":
+        from pipelines.run import run_pipeline
 
-        if args.steps < 1:
-            raise InputError(f"--steps must be at least 1, got {args.steps}")
-        run_demo(DemoConfig(output=args.output, steps=args.steps, seed=args.seed))
+        run_pipeline(args.config, args.overrides, address=args.address)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         run_command(args)
     except InputError as error:
         print(f"electra {args.command}: error: {error}", file=sys.stderr)
-        return InputError.exit_status
+        return error.exit_status
     return 0
 
 

@@ -114,7 +114,8 @@ class PretrainConfig:
     lr: float | None = None
     """Peak learning rate; None takes the paper's for the preset (5e-4 Small, 2e-4 Base/Large)."""
     warmup_steps: int | None = None
-    """Linear warmup, then linear decay to zero; None means min(10,000, 10% of max_steps)."""
+    """Linear warmup, then linear decay to zero; None means min(10,000, 10% of max_steps). A run continued on
+    new data warms up again over its new steps."""
     weight_decay: float = 0.01
     """AdamW weight decay (not applied to biases and LayerNorm weights)."""
     adam_epsilon: float = 1e-6
@@ -175,10 +176,6 @@ class PretrainConfig:
     @property
     def peak_lr(self) -> float:
         return self.lr if self.lr is not None else PRESET_LEARNING_RATES[self.preset]
-
-    @property
-    def warmup(self) -> int:
-        return self.warmup_steps if self.warmup_steps is not None else min(10_000, self.max_steps // 10)
 
     @property
     def resolved_precision(self) -> str:
@@ -252,6 +249,44 @@ class FinetuneConfig:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of workers ({self.workers})")
 
 
+@dataclass
+class PipelineConfig:
+    """`electra run`: the `pipeline:` section, which ties the stages together.
+
+    Stage URIs left empty in their sections are derived from `root`: ROOT/data (prepare.output and
+    pretrain.data), ROOT/runs (pretrain.storage), ROOT/finetune/... (finetune.output); finetune.model is the
+    pretraining run. `name` names the pretraining run and the registered model unless their sections do.
+    """
+
+    root: str = "outputs/pipeline"
+    """Base URI of everything the pipeline writes (local path or s3://...); also holds the run's lease."""
+    name: str = "electra"
+    """The pretraining run's name and the registered model's name, unless set in their sections."""
+    demo_data: bool = False
+    """Derive the corpus and a labeled task from the Python standard library's docstrings (offline) into
+    ROOT/demo_data and use them as prepare.inputs and finetune.train/eval."""
+    retrain: str = "continue"
+    """When the prepared data changed since the last pretraining: `continue` the run from its latest checkpoint
+    for retrain_steps more steps, or start a `fresh` run (named after the dataset) of pretrain.max_steps."""
+    retrain_steps: int = 1000
+    """Extra pretraining steps when the data changed and retrain is `continue`."""
+    lease_ttl_s: float = 900.0
+    """The run holds ROOT/_lease.json, renewed every ttl/3; a second run is refused while it is fresh, and a
+    lease not renewed for this long (its holder died) is taken over."""
+
+    def __post_init__(self) -> None:
+        if not self.root:
+            raise ValueError("root must be a storage URI")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"name must be a plain directory name, got {self.name!r}")
+        if self.retrain not in ("continue", "fresh"):
+            raise ValueError(f"retrain must be continue or fresh, got {self.retrain!r}")
+        if self.retrain_steps < 1:
+            raise ValueError(f"retrain_steps must be at least 1, got {self.retrain_steps}")
+        if self.lease_ttl_s < 10:
+            raise ValueError(f"lease_ttl_s must be at least 10 seconds, got {self.lease_ttl_s}")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Building configs from YAML, flags and --set
 # ----------------------------------------------------------------------------------------------------------
@@ -294,6 +329,32 @@ def build_stage_config(
         key, value = parse_override(item, section)
         values.update(_check_keys(cls, {key: value}, "--set"))
     return from_dict(cls, values, where=config_file or "command line")
+
+
+def pipeline_sections(config_file: str | None, overrides: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The raw values of every section of a pipeline config (`electra run`), from the file and from
+    `--set section.key=value`; each key is checked against its section's dataclass, values are not yet."""
+    classes = {"pipeline": PipelineConfig, "prepare": PrepareConfig, "pretrain": PretrainConfig,
+               "finetune": FinetuneConfig}
+    data = load_yaml(config_file) if config_file else {}
+    for name in data:
+        if name not in classes:
+            close = difflib.get_close_matches(str(name), classes, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (sections: {', '.join(classes)})"
+            raise InputError(f"{config_file}: unknown section {name!r}{hint}")
+    sections = {}
+    for name, cls in classes.items():
+        section = data.get(name) or {}
+        if not isinstance(section, dict):
+            raise InputError(f"{config_file}: section {name!r} must be a mapping")
+        sections[name] = dict(_check_keys(cls, section, f"{config_file}: {name}"))
+    for item in overrides or []:
+        name = item.split("=", 1)[0].split(".", 1)[0].strip()
+        if "." not in item.split("=", 1)[0] or name not in classes:
+            raise InputError(f"--set {item!r}: expected section.key=value with a section of {', '.join(classes)}")
+        key, value = parse_override(item, name)
+        sections[name].update(_check_keys(classes[name], {key: value}, "--set"))
+    return sections
 
 
 def parse_override(item: str, section: str) -> tuple[str, Any]:
@@ -382,5 +443,12 @@ def coerce(value: Any, annotation: Any) -> Any:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """Plain data for saving next to outputs."""
+    """Plain data, complete: what workers are handed."""
     return dataclasses.asdict(config)
+
+
+def saved_dict(config: Any) -> dict[str, Any]:
+    """Plain data for saving next to outputs and logging: credentials redacted."""
+    from pipelines.secrets import redact
+
+    return redact(to_dict(config) if dataclasses.is_dataclass(config) else config)

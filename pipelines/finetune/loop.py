@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from electra_core import ElectraForSequenceClassification, load_tokenizer, save_tokenizer, storage
 from electra_core.modeling import takes_weight_decay
-from pipelines.config import FinetuneConfig
+from pipelines.config import FinetuneConfig, saved_dict
 from pipelines.finetune.metrics import classification_metrics, regression_metrics
 
 _LAYER = re.compile(r"electra\.encoder\.layer\.(\d+)\.")
@@ -180,4 +180,4 @@ def write_outputs(model, tokenizer, config: FinetuneConfig, loop_config: dict, b
                           "probabilities": dict(zip(names, probabilities))})
     storage.write_text(storage.join(output, "predictions.jsonl"), "".join(json.dumps(x) + "\n" for x in lines))
     storage.write_text(storage.join(output, "finetune_config.json"),
-                       json.dumps(loop_config["finetune"], indent=2, sort_keys=True) + "\n")
+                       json.dumps(saved_dict(loop_config["finetune"]), indent=2, sort_keys=True) + "\n")

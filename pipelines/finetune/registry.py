@@ -11,9 +11,10 @@ import os
 import subprocess
 from pathlib import Path
 
+from pipelines.secrets import redact
+
 CHAMPION, CHALLENGER = "champion", "challenger"
 EXPERIMENT = "electra-finetune"
-_SECRET_WORDS = ("secret", "password", "token", "key", "credential")
 
 
 def tracking_uri(configured: str | None) -> str:
@@ -22,10 +23,6 @@ def tracking_uri(configured: str | None) -> str:
     root = Path("outputs/mlflow").resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
-
-
-def redacted(values: dict) -> dict:
-    return {k: ("***" if any(word in k.lower() for word in _SECRET_WORDS) and v else v) for k, v in values.items()}
 
 
 def code_version() -> str:
@@ -55,9 +52,9 @@ def register(name: str, configured_uri: str | None, output: str, config: dict, m
     metric, score = metrics["metric"], float(metrics["value"])
     package = Path(__file__).resolve().parents[2] / "electra_core"
     with mlflow.start_run(run_name=f"{name}-finetune") as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in redacted(config).items()})
+        mlflow.log_params({k: str(v)[:500] for k, v in redact(config).items()})
         mlflow.log_metrics({k: float(v) for k, v in metrics["eval"].items() if isinstance(v, (int, float))})
-        mlflow.set_tags({f"electra.{k}": str(v) for k, v in {**lineage, "code_version": code_version()}.items()})
+        mlflow.set_tags({f"electra.{k}": str(v) for k, v in redact({**lineage, "code_version": code_version()}).items()})
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(Path(__file__).with_name("pyfunc_model.py")),
@@ -83,4 +80,4 @@ def register(name: str, configured_uri: str | None, output: str, config: dict, m
     client.set_model_version_tag(name, version, "electra.scores", scores)
     log(f"electra finetune: registered {name} version {version} ({scores}); {decision}")
     return {"name": name, "version": version, "decision": decision, "score": score,
-            "champion_score": champion_score, "tracking_uri": uri, "run_id": run.info.run_id}
+            "champion_score": champion_score, "tracking_uri": redact(uri), "run_id": run.info.run_id}

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from electra_core import storage
 from electra_core.tokenizer import CLS, SEP, TOKENIZER_FILE, save_tokenizer, train_tokenizer
-from pipelines.config import PrepareConfig, to_dict
+from pipelines.config import PrepareConfig, saved_dict, to_dict
 from pipelines.errors import InputError
 from pipelines.prepare import manifest as manifests
 from pipelines.prepare.packing import SequencePacker
@@ -353,7 +353,7 @@ def build_manifest(config: PrepareConfig, entries: list[dict], shards: list[dict
         "kind": manifests.KIND,
         "schema_version": manifests.SCHEMA_VERSION,
         "run_id": run_id,
-        "config": to_dict(config),
+        "config": saved_dict(config),
         "content_fingerprint": content_key,
         "seq_len": config.seq_len,
         "tokenizer": {"path": TOKENIZER_FILE, "sha256": tokenizer_sha,
@@ -392,8 +392,4 @@ def remove_unlisted_shards(output: str, manifest: dict) -> None:
 
 def _delete_quietly(uris: list[str]) -> None:
     for uri in uris:
-        try:
-            fs, path = storage.filesystem(uri)
-            fs.rm(path)
-        except FileNotFoundError:
-            pass
+        storage.delete(uri)

@@ -18,7 +18,8 @@ import torch
 from electra_core import ElectraConfig, ElectraPretrainingModel, storage
 from electra_core.modeling import takes_weight_decay
 from electra_core.tokenizer import TOKENIZER_FILE, load_tokenizer, save_tokenizer
-from pipelines.config import PretrainConfig
+from pipelines.config import PretrainConfig, saved_dict
+from pipelines.secrets import redact_text
 from pipelines.prepare.manifest import load_committed_dataset
 from pipelines.pretrain import checkpoint as checkpoints
 from pipelines.pretrain.data import SampleOrder, ShardReader
@@ -30,12 +31,18 @@ def derived_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
-def learning_rate(config: PretrainConfig, step: int) -> float:
-    """Linear warmup to the peak, then linear decay to zero at max_steps (step counts from 0)."""
-    if step < config.warmup:
-        return config.peak_lr * (step + 1) / config.warmup
-    remaining = config.max_steps - step
-    return config.peak_lr * max(0.0, remaining / max(1, config.max_steps - config.warmup))
+def learning_rate(config: PretrainConfig, step: int, segment_start: int = 0) -> float:
+    """Linear warmup to the peak, then linear decay to zero at max_steps (step counts from 0).
+
+    A run continued on new data (scheduled retraining) starts a segment at `segment_start`: the schedule
+    warms up again over the segment's own steps and decays to zero at its end, the same shape as a fresh run.
+    """
+    length = config.max_steps - segment_start
+    warmup = config.warmup_steps if config.warmup_steps is not None else min(10_000, length // 10)
+    local = step - segment_start
+    if local < warmup:
+        return config.peak_lr * (local + 1) / warmup
+    return config.peak_lr * max(0.0, (length - local) / max(1, length - warmup))
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -95,16 +102,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                   betas=(0.9, 0.999), eps=config.adam_epsilon)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            config=deepspeed_config(config, world_size))
-    start_step = 0
+    start_step, data_start = 0, 0
     if resumed is not None:
         checkpoints.restore_optimizer_state(engine, resumed.params, resumed.moments,
                                             resumed.trainer_state["optimizer_step"])
         start_step = resumed.step
+        data_start = data_segment_start(resumed.trainer_state, resumed.step, manifest, log)
         log(f"resumed from {resumed.uri} at step {start_step} (written by {resumed.trainer_state['world_size']} "
             f"workers; now {world_size})")
     del resumed
 
-    metrics = MetricsLog(run_uri, config.name, start_step, config.tracking_uri, loop_config["pretrain"]) \
+    metrics = MetricsLog(run_uri, config.name, start_step, config.tracking_uri, saved_dict(loop_config["pretrain"])) \
         if rank == 0 else None
     sample_log = _SampleLog(run_uri, start_step, config.record_sample_ids and rank == 0)
     flops_per_token = training_flops_per_token(model_config, manifest["seq_len"])
@@ -117,14 +125,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # --- training ----------------------------------------------------------------------------------------
     end_step = config.stop_at_step or config.max_steps
     for step in range(start_step, end_step):
-        lr = learning_rate(config, step)
+        lr = learning_rate(config, step, data_start)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
+        position = (step - data_start) * config.global_batch_size  # samples of this dataset consumed so far
         if config.record_sample_ids and rank == 0:
-            sample_log.add(step, order.sample_ids(step * config.global_batch_size, config.global_batch_size))
+            sample_log.add(step, order.sample_ids(position, config.global_batch_size))
         for micro in range(accumulation):
             index = micro * world_size + rank  # this micro-batch's place in the global batch
-            start = step * config.global_batch_size + index * config.micro_batch_size
+            start = position + index * config.micro_batch_size
             batch = reader.batch(order, order.sample_ids(start, config.micro_batch_size))
             batch = {key: torch.from_numpy(value).to(device, non_blocking=True) for key, value in batch.items()}
             seed = derived_seed(config.seed, step, index)
@@ -137,27 +146,42 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
         done = step + 1
         if done % config.log_every == 0 or done == end_step:
-            record = window.record(done, lr, engine, world_size, config, flops_per_token, peak, order.num_samples)
+            record = window.record(done, lr, engine, world_size, config, flops_per_token, peak,
+                                   (done - data_start) * config.global_batch_size / order.num_samples)
             if metrics is not None:
                 metrics.log(record)
             preempted = ray.train.get_preemption_info() is not None
             if preempted and not preemption_saved and done % config.checkpoint_every:
                 log(f"preemption notice: saving a checkpoint at step {done} before the node goes")
-                window.started += save_checkpoint(engine, config, loop_config, done, world_size, manifest, metrics,
-                                                  sample_log, record)
+                window.started += save_checkpoint(engine, config, loop_config, done, data_start, world_size,
+                                                  manifest, metrics, sample_log, record)
                 preemption_saved = True
         if done % config.checkpoint_every == 0 or done == end_step:
-            blocked = save_checkpoint(engine, config, loop_config, done, world_size, manifest, metrics, sample_log,
-                                      window.last_record)
+            blocked = save_checkpoint(engine, config, loop_config, done, data_start, world_size, manifest, metrics,
+                                      sample_log, window.last_record)
             window.started += blocked  # throughput figures count training only; the stall is logged apart
 
     # --- export ------------------------------------------------------------------------------------------
     if end_step == config.max_steps:
-        export(engine, model_config, config, run_uri, rank, manifest, metrics)
+        export(engine, model_config, config, run_uri, rank, manifest, metrics, data_start)
     else:
         log(f"stopped at step {end_step} as asked; run the same command without stop_at_step to continue")
     if metrics is not None:
         metrics.close()
+
+
+def data_segment_start(trainer_state: dict, step: int, manifest: dict, log) -> int:
+    """The step at which the run began reading the current dataset.
+
+    Unchanged dataset: the checkpoint's own segment start, so the position in the data is exact. A dataset
+    that changed since the checkpoint (new files from an incremental prepare, scheduled retraining) starts a
+    new segment here: the new data is read from its first sample in its (seed, epoch) order.
+    """
+    if trainer_state["dataset_fingerprint"] == manifest["dataset_fingerprint"]:
+        return trainer_state.get("data_start_step", 0)
+    log(f"the dataset changed since step {step} (fingerprint {trainer_state['dataset_fingerprint']} -> "
+        f"{manifest['dataset_fingerprint']}): continuing from the checkpoint on the new data from its first sample")
+    return step
 
 
 def _generator_config(config: PretrainConfig, model_config: ElectraConfig) -> ElectraConfig | None:
@@ -191,7 +215,7 @@ class _Window:
         self.samples += attention_mask.shape[0]
 
     def record(self, step: int, lr: float, engine, world_size: int, config: PretrainConfig,
-               flops_per_token: float, peak: float | None, dataset_size: int) -> dict:
+               flops_per_token: float, peak: float | None, epoch: float) -> dict:
         import torch.distributed as dist
 
         elapsed = time.perf_counter() - self.started
@@ -209,7 +233,7 @@ class _Window:
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
             "tokens_per_s": tokens / elapsed,
             "samples_per_s": samples / elapsed,
-            "epoch": step * config.global_batch_size / dataset_size,
+            "epoch": epoch,
         }
         if peak:
             record["mfu"] = tokens / elapsed * flops_per_token / (peak * world_size)
@@ -240,7 +264,7 @@ class _SampleLog:
             storage.write_text(self.uri, "\n".join(self.lines) + "\n")
 
 
-def save_checkpoint(engine, config: PretrainConfig, loop_config: dict, step: int, world_size: int,
+def save_checkpoint(engine, config: PretrainConfig, loop_config: dict, step: int, data_start: int, world_size: int,
                     manifest: dict, metrics: MetricsLog | None, sample_log: _SampleLog, record: dict) -> float:
     """Gathers the full state (all ranks), rank 0 writes it locally and hands it to Ray Train, which uploads
     it in the background. Returns the seconds training was blocked."""
@@ -253,8 +277,9 @@ def save_checkpoint(engine, config: PretrainConfig, loop_config: dict, step: int
     if rank == 0:
         directory = tempfile.mkdtemp(prefix="electra-checkpoint-")
         trainer_state = {
-            "step": step, "samples_consumed": step * config.global_batch_size, "optimizer_step": optimizer_step,
-            "world_size": world_size, "pretrain_config": loop_config["pretrain"], "model_config": loop_config["model"],
+            "step": step, "data_start_step": data_start,
+            "samples_consumed": (step - data_start) * config.global_batch_size, "optimizer_step": optimizer_step,
+            "world_size": world_size, "pretrain_config": saved_dict(loop_config["pretrain"]), "model_config": loop_config["model"],
             "dataset_fingerprint": manifest["dataset_fingerprint"],
         }
         checkpoints.write_checkpoint(directory, params, moments, trainer_state)
@@ -281,7 +306,7 @@ def save_checkpoint(engine, config: PretrainConfig, loop_config: dict, step: int
 
 
 def export(engine, model_config: ElectraConfig, config: PretrainConfig, run_uri: str, rank: int,
-           manifest: dict, metrics: MetricsLog | None) -> None:
+           manifest: dict, metrics: MetricsLog | None, data_start: int) -> None:
     """Hugging Face directories (discriminator/ and generator/ with tokenizer files) and result.json."""
     params, _, _ = checkpoints.gather_full_state(engine)
     if rank != 0:
@@ -305,8 +330,9 @@ def export(engine, model_config: ElectraConfig, config: PretrainConfig, run_uri:
         "export": {part: storage.join(export_uri, part) for part in parts},
         "steps": config.max_steps,
         "objective": config.objective,
-        "dataset": config.data,
+        "dataset": redact_text(config.data),
         "dataset_fingerprint": manifest["dataset_fingerprint"],
+        "data_start_step": data_start,
         "final_metrics": final,
         "loss_curve": plot_uri,
         "metrics": storage.join(run_uri, "metrics.jsonl"),

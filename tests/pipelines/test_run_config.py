@@ -1,0 +1,58 @@
+"""`electra run` configs: the shipped ones load and validate, bad ones are one-line errors with exit 2."""
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import main
+from pipelines.config import (FinetuneConfig, PipelineConfig, PrepareConfig, PretrainConfig, from_dict,
+                              pipeline_sections)
+from pipelines.errors import InputError
+from tests.pipelines.conftest import command_errors
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+CLASSES = {"pipeline": PipelineConfig, "prepare": PrepareConfig, "pretrain": PretrainConfig, "finetune": FinetuneConfig}
+
+
+def test_the_three_shipped_configs_exist():
+    assert {path.name for path in CONFIGS} >= {"demo.yaml", "small-1gpu.yaml", "base-multinode.yaml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
+def test_each_shipped_config_loads_and_validates(path):
+    sections = pipeline_sections(str(path))
+    configs = {name: from_dict(CLASSES[name], values, str(path)) for name, values in sections.items()}
+    pretrain = configs["pretrain"]
+    assert pretrain.global_batch_size % (pretrain.micro_batch_size * pretrain.workers) == 0
+    if path.name == "demo.yaml":
+        assert configs["pipeline"].demo_data and pretrain.preset == "tiny" and pretrain.gpus_per_worker == 0
+    if path.name == "small-1gpu.yaml":
+        assert pretrain.preset == "small" and pretrain.workers == 1 and pretrain.gpus_per_worker == 1
+    if path.name == "base-multinode.yaml":
+        assert pretrain.preset == "base" and pretrain.workers > 1 and pretrain.gpus_per_worker == 1
+        assert pretrain.zero_stage == 2 and configs["pipeline"].root.startswith("s3://")
+
+
+def test_overrides_name_their_section(tmp_path):
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("pipeline:\n  root: out\npretrain:\n  max_steps: 10\n")
+    sections = pipeline_sections(str(config), ["pretrain.max_steps=20", "pipeline.retrain=fresh"])
+    assert sections["pretrain"]["max_steps"] == 20 and sections["pipeline"]["retrain"] == "fresh"
+    with pytest.raises(InputError, match="section.key=value"):
+        pipeline_sections(str(config), ["max_steps=20"])
+
+
+@pytest.mark.parametrize("text, overrides, expected", [
+    ("pretrian:\n  max_steps: 10\n", [], "unknown section 'pretrian' (did you mean 'pretrain'?)"),
+    ("pretrain:\n  max_step: 10\n", [], "pretrain: unknown key 'max_step' (did you mean 'max_steps'?)"),
+    ("pipeline:\n  retrain: sometimes\n", [], "retrain must be continue or fresh"),
+    ("pipeline:\n  root: {root}\n", ["finetune.epochs=many"], "epochs: expected an integer, got 'many'"),
+])
+def test_bad_pipeline_configs_are_one_line_errors_with_exit_2(tmp_path, capsys, text, overrides, expected):
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(text.format(root=tmp_path / "out"))
+    arguments = ["run", "--config", str(config)] + [f"--set={item}" for item in overrides]
+    assert main(arguments) == 2
+    (error,) = command_errors(capsys.readouterr().err)
+    assert str(config) in error and expected in error
+    assert not (tmp_path / "out").exists()  # refused before any work
