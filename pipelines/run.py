@@ -155,7 +155,7 @@ def finetune_config(values: dict[str, Any], pipeline: PipelineConfig, pretrained
         values["tracking_uri"] = f"sqlite:///{os.path.join(pipeline.root, 'mlflow', 'mlflow.db')}"
     identity = {"model": pretrained["run"], "steps": pretrained["steps"],
                 "dataset_fingerprint": pretrained["dataset_fingerprint"],
-                "finetune": saved_dict({k: v for k, v in sorted(values.items()) if k != "output"})}
+                "finetune": saved_dict({k: v for k, v in sorted(values.items()) if k not in ("output", "tracking_uri")})}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
     key = f"{os.path.basename(pretrained['run'].rstrip('/'))}-step{pretrained['steps']}-{digest}"
     values.setdefault("output", storage.join(pipeline.root, "finetune", key))

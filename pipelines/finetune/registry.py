@@ -38,6 +38,20 @@ def code_version() -> str:
 def register(name: str, configured_uri: str | None, output: str, config: dict, metrics: dict, lineage: dict,
              log=print) -> dict:
     """Logs the run, registers a version of `name`, and moves `champion` to it only if it beats the current one."""
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; a later run in the same process (scheduled
+    # retraining in one driver, tests) must not inherit this run's registry.
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        return _register(name, configured_uri, output, config, metrics, lineage, log)
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+def _register(name: str, configured_uri: str | None, output: str, config: dict, metrics: dict, lineage: dict,
+              log) -> dict:
     import mlflow
     from mlflow import MlflowClient
 
