@@ -22,6 +22,7 @@ def ensure_ray(address: str | None = None) -> None:
         logger.info("joining the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
         return
+    keep_local_ray_on_loopback()
     ray.init(
         include_dashboard=False,
         # Local runs listen on loopback only.
@@ -30,6 +31,17 @@ def ensure_ray(address: str | None = None) -> None:
         configure_logging=True,
         logging_level=logging.WARNING,
     )
+
+
+def keep_local_ray_on_loopback() -> None:
+    """A local run is one node: everything it starts (GCS, raylet, object manager, workers) listens on
+    127.0.0.1 only. Ray otherwise replaces 127.0.0.1 with the machine's routable address so that other nodes
+    could join; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is its switch for single-node mode. Ray reads it once, at
+    import, so the constant is set as well; the variable carries it to every process this Ray starts."""
+    from ray._private import ray_constants
+
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def cluster_cpus() -> int:

@@ -121,10 +121,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     generator = torch.Generator(device=device)
     window = _Window()
     preemption_saved = False
+    own_grad_norm = None
 
     # --- training ----------------------------------------------------------------------------------------
     end_step = config.stop_at_step or config.max_steps
     for step in range(start_step, end_step):
+        logging_step = (step + 1) % config.log_every == 0 or step + 1 == end_step
         lr = learning_rate(config, step, data_start)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
@@ -141,13 +143,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
             generator.manual_seed(seed ^ 0x5DEECE66D)  # masking and sampling
             output = engine(**batch, rng=generator)
             engine.backward(output.loss)
+            if logging_step and micro == accumulation - 1:
+                own_grad_norm = unclipped_grad_norm(engine)
             engine.step()
             window.add(output, batch["attention_mask"])
 
         done = step + 1
-        if done % config.log_every == 0 or done == end_step:
-            record = window.record(done, lr, engine, world_size, config, flops_per_token, peak,
-                                   (done - data_start) * config.global_batch_size / order.num_samples)
+        if logging_step:
+            grad_norm = engine.get_global_grad_norm()
+            record = window.record(done, lr, own_grad_norm if grad_norm is None else float(grad_norm), world_size,
+                                   flops_per_token, peak, (done - data_start) * config.global_batch_size / order.num_samples)
             if metrics is not None:
                 metrics.log(record)
             preempted = ray.train.get_preemption_info() is not None
@@ -168,6 +173,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
         log(f"stopped at step {end_step} as asked; run the same command without stop_at_step to continue")
     if metrics is not None:
         metrics.close()
+
+
+def unclipped_grad_norm(engine) -> float | None:
+    """The global gradient norm before clipping, where DeepSpeed does not report it.
+
+    DeepSpeed reports it from its ZeRO and mixed-precision optimizers only; with plain fp32 data parallelism
+    (stage 0, which a single worker runs) it is computed here, after the gradients were averaged across ranks
+    at the accumulation boundary and before the step clips them. Once per log line: one host sync.
+    """
+    if engine.zero_optimization_stage() > 0 or engine.bfloat16_enabled() or engine.fp16_enabled():
+        return None
+    norms = [torch.linalg.vector_norm(p.grad) for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else None
 
 
 def data_segment_start(trainer_state: dict, step: int, manifest: dict, log) -> int:
@@ -214,8 +232,8 @@ class _Window:
         self.micro_batches += 1
         self.samples += attention_mask.shape[0]
 
-    def record(self, step: int, lr: float, engine, world_size: int, config: PretrainConfig,
-               flops_per_token: float, peak: float | None, epoch: float) -> dict:
+    def record(self, step: int, lr: float, grad_norm: float | None, world_size: int, flops_per_token: float,
+               peak: float | None, epoch: float) -> dict:
         import torch.distributed as dist
 
         elapsed = time.perf_counter() - self.started
@@ -225,12 +243,11 @@ class _Window:
             totals = totals.to(backend_device)
             dist.all_reduce(totals)
         tokens, samples = totals.cpu().tolist()
-        grad_norm = engine.get_global_grad_norm()
         record = {
             "step": step,
             **dict(zip(self.names, (self.sums / self.micro_batches).tolist())),
             "lr": lr,
-            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "grad_norm": grad_norm,
             "tokens_per_s": tokens / elapsed,
             "samples_per_s": samples / elapsed,
             "epoch": epoch,

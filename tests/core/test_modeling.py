@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -69,7 +68,7 @@ def test_same_rng_seed_gives_the_same_loss_in_eval_mode():
 
 
 @pytest.mark.parametrize("objective", ["electra", "mlm"])
-def test_tiny_preset_overfits_one_batch_quickly(objective):
+def test_tiny_preset_overfits_one_batch(objective):
     torch.manual_seed(0)
     config = ElectraConfig.from_preset(
         "tiny", objective=objective, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
@@ -79,7 +78,6 @@ def test_tiny_preset_overfits_one_batch_quickly(objective):
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
     rng = torch.Generator().manual_seed(1)
     losses = []
-    started = time.perf_counter()
     for _ in range(400):
         loss = model(input_ids=inputs, rng=rng).loss
         optimizer.zero_grad()
@@ -87,9 +85,7 @@ def test_tiny_preset_overfits_one_batch_quickly(objective):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         losses.append(loss.item())
-    elapsed = time.perf_counter() - started
     assert sum(losses[-20:]) / 20 < 0.5 * sum(losses[:5]) / 5
-    assert elapsed < 30
 
 
 def test_pretraining_model_round_trips_through_save_and_load(tmp_path):
