@@ -112,7 +112,8 @@ def plan_pretrain(values: dict[str, Any], pipeline: PipelineConfig, data: str, m
     """The pretraining to run now, and whether the run already holds it (then nothing is trained).
 
     Same dataset as the run's last export and no more steps asked: up to date. Changed dataset: continue the
-    run for retrain_steps more steps, or (retrain: fresh) a new run named after the dataset.
+    run for retrain_steps more steps (or up to a max_steps raised beyond that), or (retrain: fresh) a new run
+    named after the dataset.
     """
     from pipelines.pretrain.stage import run_uri
 
@@ -133,7 +134,7 @@ def plan_pretrain(values: dict[str, Any], pipeline: PipelineConfig, data: str, m
         fresh = dataclasses.replace(config, name=f"{config.name}-{fingerprint[:8]}")
         done = _read_json(storage.join(run_uri(fresh), "result.json"))
         return (fresh, False) if done is None else (dataclasses.replace(fresh, max_steps=done["steps"]), True)
-    return dataclasses.replace(config, max_steps=previous["steps"] + pipeline.retrain_steps), False
+    return dataclasses.replace(config, max_steps=max(config.max_steps, previous["steps"] + pipeline.retrain_steps)), False
 
 
 def finetune_config(values: dict[str, Any], pipeline: PipelineConfig, pretrained: dict, demo: dict | None,
