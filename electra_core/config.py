@@ -148,11 +148,15 @@ class ElectraConfig:
     def generator_config(self) -> "ElectraConfig":
         """The generator's shape: same depth and embeddings, width scaled by generator_size_fraction."""
         fraction = self.generator_size_fraction
+        # Width from the fraction itself: with few heads, rounding the head count (one head at least) and keeping
+        # the head width would make e.g. a 2-head model's quarter-size generator half as wide as the discriminator.
+        hidden = max(1, round(self.hidden_size * fraction))
         heads = max(1, round(self.num_attention_heads * fraction))
-        head_dim = self.hidden_size // self.num_attention_heads
+        while hidden % heads:
+            heads -= 1
         return dataclasses.replace(
             self,
-            hidden_size=heads * head_dim,
+            hidden_size=hidden,
             num_attention_heads=heads,
             intermediate_size=max(1, round(self.intermediate_size * fraction)),
         )

@@ -29,6 +29,17 @@ def test_presets_match_the_paper(preset, shape):
     assert config.vocab_size == 30522 and config.disc_loss_weight == 50.0
 
 
+@pytest.mark.parametrize(
+    "heads, fraction, generator_shape",
+    [(2, 0.25, (32, 128, 1)), (2, 0.5, (64, 256, 1)), (4, 0.25, (32, 128, 1)), (8, 0.25, (32, 128, 2))],
+)
+def test_generator_width_follows_the_fraction_when_the_discriminator_has_few_heads(heads, fraction, generator_shape):
+    config = ElectraConfig(hidden_size=128, intermediate_size=512, num_attention_heads=heads,
+                           generator_size_fraction=fraction)
+    generator = config.generator_config()
+    assert (generator.hidden_size, generator.intermediate_size, generator.num_attention_heads) == generator_shape
+
+
 def test_preset_overrides_apply_and_unknown_presets_are_refused():
     assert ElectraConfig.from_preset("small", vocab_size=8000).vocab_size == 8000
     with pytest.raises(ValueError, match="huge"):
