@@ -7,6 +7,7 @@ defence for a secret that was put in a config or a URI anyway.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -42,3 +43,10 @@ def redact(value: Any) -> Any:
     if isinstance(value, str):
         return redact_text(value)
     return value
+
+
+def keep_credentials_out_of_mlflow_output(tracking_uri: str) -> None:
+    """MLflow prints "View run at <tracking URI>/..." when a run ends; with user:password@ in the URI that
+    would put the password in the job's log, so for such a URI that printing is turned off (this process)."""
+    if redact_text(tracking_uri) != tracking_uri:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"

@@ -11,7 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from pipelines.secrets import redact
+from pipelines.secrets import keep_credentials_out_of_mlflow_output, redact
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 EXPERIMENT = "electra-finetune"
@@ -56,6 +56,7 @@ def _register(name: str, configured_uri: str | None, output: str, config: dict, 
     from mlflow import MlflowClient
 
     uri = tracking_uri(configured_uri)
+    keep_credentials_out_of_mlflow_output(uri)
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
         artifacts = None

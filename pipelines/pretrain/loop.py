@@ -23,7 +23,7 @@ from pipelines.secrets import redact_text
 from pipelines.prepare.manifest import load_committed_dataset
 from pipelines.pretrain import checkpoint as checkpoints
 from pipelines.pretrain.data import SampleOrder, ShardReader
-from pipelines.pretrain.metrics import MetricsLog, peak_flops, training_flops_per_token
+from pipelines.pretrain.metrics import MetricsLog, peak_flops, prior_loss, training_flops_per_token
 
 
 def derived_seed(*parts) -> int:
@@ -53,16 +53,27 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def deepspeed_config(config: PretrainConfig, world_size: int) -> dict:
-    precision = config.resolved_precision
+def effective_zero_stage(config: PretrainConfig, world_size: int) -> int:
     # ZeRO shards state across data-parallel ranks; on one rank it has nothing to shard and only adds copies
     # (measured: 0.80 of a plain loop's speed at stage 2 against 0.95 at stage 0 on one CPU worker).
-    stage = config.zero_stage if world_size > 1 else 0
+    return config.zero_stage if world_size > 1 else 0
+
+
+def clips_in_loop(config: PretrainConfig, world_size: int) -> bool:
+    """Plain fp32 data parallelism (stage 0): the loop clips with torch's fused clip_grad_norm_, which also
+    gives the gradient norm; DeepSpeed's own clipping there reads every parameter's norm to the host one at a
+    time and reports no norm. ZeRO and mixed precision keep DeepSpeed's clipping (gradients are partitioned
+    or kept in its own buffers)."""
+    return effective_zero_stage(config, world_size) == 0 and config.resolved_precision == "fp32"
+
+
+def deepspeed_config(config: PretrainConfig, world_size: int) -> dict:
+    precision = config.resolved_precision
     return {
         "train_micro_batch_size_per_gpu": config.micro_batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "gradient_clipping": config.grad_clip,
-        "zero_optimization": {"stage": stage},
+        "gradient_clipping": 0.0 if clips_in_loop(config, world_size) else config.grad_clip,
+        "zero_optimization": {"stage": effective_zero_stage(config, world_size)},
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16"},
         "steps_per_print": 10**9,
@@ -102,6 +113,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                   betas=(0.9, 0.999), eps=config.adam_epsilon)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            config=deepspeed_config(config, world_size))
+    if world_size == 1:
+        # One rank has nothing to average: skip DeepSpeed's flatten, all-reduce and copy-back of every gradient.
+        engine.enable_backward_allreduce = False
+    clip_here = clips_in_loop(config, world_size)
     start_step, data_start = 0, 0
     if resumed is not None:
         checkpoints.restore_optimizer_state(engine, resumed.params, resumed.moments,
@@ -121,7 +136,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     generator = torch.Generator(device=device)
     window = _Window()
     preemption_saved = False
-    own_grad_norm = None
+    grad_norm = None
 
     # --- training ----------------------------------------------------------------------------------------
     end_step = config.stop_at_step or config.max_steps
@@ -143,16 +158,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
             generator.manual_seed(seed ^ 0x5DEECE66D)  # masking and sampling
             output = engine(**batch, rng=generator)
             engine.backward(output.loss)
-            if logging_step and micro == accumulation - 1:
-                own_grad_norm = unclipped_grad_norm(engine)
+            if clip_here and micro == accumulation - 1:  # gradients complete (and averaged across ranks)
+                grad_norm = torch.nn.utils.clip_grad_norm_(engine.module.parameters(), config.grad_clip)
             engine.step()
             window.add(output, batch["attention_mask"])
 
         done = step + 1
         if logging_step:
-            grad_norm = engine.get_global_grad_norm()
-            record = window.record(done, lr, own_grad_norm if grad_norm is None else float(grad_norm), world_size,
-                                   flops_per_token, peak, (done - data_start) * config.global_batch_size / order.num_samples)
+            norm = grad_norm if clip_here else engine.get_global_grad_norm()  # before clipping, either way
+            record = window.record(done, lr, None if norm is None else float(norm), world_size, flops_per_token, peak,
+                                   (done - data_start) * config.global_batch_size / order.num_samples)
             if metrics is not None:
                 metrics.log(record)
             preempted = ray.train.get_preemption_info() is not None
@@ -173,19 +188,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
         log(f"stopped at step {end_step} as asked; run the same command without stop_at_step to continue")
     if metrics is not None:
         metrics.close()
-
-
-def unclipped_grad_norm(engine) -> float | None:
-    """The global gradient norm before clipping, where DeepSpeed does not report it.
-
-    DeepSpeed reports it from its ZeRO and mixed-precision optimizers only; with plain fp32 data parallelism
-    (stage 0, which a single worker runs) it is computed here, after the gradients were averaged across ranks
-    at the accumulation boundary and before the step clips them. Once per log line: one host sync.
-    """
-    if engine.zero_optimization_stage() > 0 or engine.bfloat16_enabled() or engine.fp16_enabled():
-        return None
-    norms = [torch.linalg.vector_norm(p.grad) for p in engine.module.parameters() if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else None
 
 
 def data_segment_start(trainer_state: dict, step: int, manifest: dict, log) -> int:
@@ -252,6 +254,8 @@ class _Window:
             "samples_per_s": samples / elapsed,
             "epoch": epoch,
         }
+        if "replaced_fraction" in record:
+            record["discriminator_prior_loss"] = prior_loss(record["replaced_fraction"])
         if peak:
             record["mfu"] = tokens / elapsed * flops_per_token / (peak * world_size)
         self.last_record = record

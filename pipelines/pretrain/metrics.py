@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 
 from electra_core import ElectraConfig, storage
@@ -107,10 +108,18 @@ class MetricsLog:
             self.mlflow.end_run()
 
 
+def prior_loss(replaced_fraction: float) -> float:
+    """The discriminator's loss when it only predicts the base rate of replaced tokens (binary entropy): a
+    discriminator loss near it means it has learned nothing from context yet."""
+    p = min(max(replaced_fraction, 1e-12), 1 - 1e-12)
+    return -(p * math.log(p) + (1 - p) * math.log(1 - p))
+
+
 def progress_line(r: dict) -> str:
     parts = [f"step {r['step']:>7}", f"loss {r['loss']:.4f}"]
     if "discriminator_accuracy" in r:
-        parts.append(f"gen acc {r['generator_accuracy']:.3f}  disc acc {r['discriminator_accuracy']:.3f}")
+        parts.append(f"gen acc {r['generator_accuracy']:.3f}  disc acc {r['discriminator_accuracy']:.3f}  "
+                     f"disc loss {r['discriminator_loss']:.3f} (prior {r['discriminator_prior_loss']:.3f})")
     else:
         parts.append(f"mlm acc {r['generator_accuracy']:.3f}")
     parts.append(f"lr {r['lr']:.2e}")
@@ -128,6 +137,9 @@ def _start_mlflow(tracking_uri: str | None, run_name: str, params: dict):
         return None
     import mlflow
 
+    from pipelines.secrets import keep_credentials_out_of_mlflow_output
+
+    keep_credentials_out_of_mlflow_output(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment("electra-pretrain")
     existing = mlflow.search_runs(filter_string=f"tags.electra_run = '{run_name}'", output_format="list")

@@ -51,10 +51,10 @@ def model_dir(tmp_path_factory):
     return str(root)
 
 
-def finetune(model_dir, train, evaluation, output, **settings):
+def finetune(model_dir, train, evaluation, output, log=lambda _: None, **settings):
     config = FinetuneConfig(model=model_dir, train=train, eval=evaluation, output=str(output),
                             **{"epochs": 4, "lr": 3e-3, "batch_size": 16, **settings})
-    return run_finetune(config, log=lambda _: None)
+    return run_finetune(config, log=log)
 
 
 @pytest.mark.usefixtures("local_ray")
@@ -191,7 +191,7 @@ def mlflow_server(tmp_path_factory):
 
 @pytest.mark.usefixtures("local_ray")
 def test_registered_versions_are_promoted_only_on_improvement_and_answer_through_pyfunc(
-        model_dir, tmp_path, mlflow_server):
+        model_dir, tmp_path, mlflow_server, capsys):
     import mlflow
     import pandas as pd
 
@@ -199,8 +199,12 @@ def test_registered_versions_are_promoted_only_on_improvement_and_answer_through
     train = write_tsv(tmp_path / "train.tsv", sentiment_rows(600, 7, labels=labels))
     evaluation = write_tsv(tmp_path / "dev.tsv", sentiment_rows(200, 8, labels=labels))
     first = finetune(model_dir, train, evaluation, tmp_path / "v1", register="sentiment", tracking_uri=mlflow_server)
-    worse = finetune(model_dir, train, evaluation, tmp_path / "v2", register="sentiment", tracking_uri=mlflow_server,
-                     lr=1e-9, epochs=1)
+    # The second reaches the server with credentials in its URI (basic auth; this server ignores it): they must
+    # not end up in the registry, the saved config, the result or the log.
+    with_credentials = mlflow_server.replace("http://", "http://ci-user:s3cr3t-pass@")
+    lines = []
+    worse = finetune(model_dir, train, evaluation, tmp_path / "v2", register="sentiment",
+                     tracking_uri=with_credentials, lr=1e-9, epochs=1, log=lines.append)
 
     assert first["registry"]["version"] == "1" and "promoted" in first["registry"]["decision"]
     assert worse["registry"]["score"] < first["registry"]["score"]
@@ -213,6 +217,11 @@ def test_registered_versions_are_promoted_only_on_improvement_and_answer_through
     run = client.get_run(client.get_model_version("sentiment", "1").run_id)
     assert run.data.params["lr"] == "0.003" and "electra.code_version" in run.data.tags
     assert run.data.metrics["accuracy"] == first["registry"]["score"]
+    second = client.get_run(client.get_model_version("sentiment", "2").run_id)
+    written = [json.dumps(second.data.params), json.dumps(second.data.tags), json.dumps(worse), *lines,
+               (tmp_path / "v2" / "finetune_config.json").read_text(), *capsys.readouterr()]
+    assert second.data.params["tracking_uri"] == mlflow_server.replace("http://", "http://***@")
+    assert not [text for text in written if "s3cr3t-pass" in text or "ci-user" in text]
 
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pyfunc.load_model("models:/sentiment@champion")

@@ -81,6 +81,7 @@ def test_a_run_trains_logs_checkpoints_and_exports_models_transformers_loads(uni
                 "lr", "grad_norm", "tokens_per_s", "samples_per_s"):
         assert key in records[-1]
     assert all(r["grad_norm"] > 0 for r in records)
+    assert all(0 < r["discriminator_prior_loss"] < 0.7 for r in records)
     assert records[-1]["loss"] < records[0]["loss"]
     # newest 3 of the 3 checkpoints (4, 8, 12), each verifiable
     assert [os.path.basename(u) for u in checkpoints.list_checkpoints(str(run))] == [
