@@ -45,6 +45,12 @@ def pretrain_for_budget(data: str, work: Path, objective: str, args) -> str:
     print(f"{objective}: {tokens_per_s:,.0f} tokens/s -> {steps} steps in {args.budget_minutes} min", flush=True)
     result = run_pretrain(PretrainConfig(name=objective, max_steps=steps, checkpoint_every=max(100, steps // 4),
                                          **common), log=quiet)
+    final = result["final_metrics"]
+    summary = f"{objective}: final loss {final['loss']:.3f}, generator accuracy {final['generator_accuracy']:.3f}"
+    if "discriminator_loss" in final:  # near its prior, the discriminator has learned nothing from context
+        summary += (f", discriminator loss {final['discriminator_loss']:.3f} "
+                    f"(prior {final['discriminator_prior_loss']:.3f}), accuracy {final['discriminator_accuracy']:.3f}")
+    print(summary, flush=True)
     return str(Path(result["export"].get("discriminator") or result["export"]["generator"]))
 
 
