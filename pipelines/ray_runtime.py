@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 
 logger = logging.getLogger(__name__)
 
@@ -23,14 +25,45 @@ def ensure_ray(address: str | None = None) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     keep_local_ray_on_loopback()
-    ray.init(
-        include_dashboard=False,
-        # Local runs listen on loopback only.
-        _node_ip_address="127.0.0.1",
-        log_to_driver=True,
-        configure_logging=True,
-        logging_level=logging.WARNING,
-    )
+    port = free_loopback_port()
+    # Ray Train's placement-group cleaner asks the State API whether the run's controller is alive. The dashboard
+    # serves that API (without it the cleaner warns every few seconds for the whole run), and the cleaner finds
+    # it by auto-detection, which picks the newest Ray on the machine: with a second Ray started next to a run,
+    # it asked the other one, found no controller and removed the live run's placement group, killing its
+    # worker (seen here). RAY_API_SERVER_ADDRESS, set while Ray starts, pins every process of this Ray to its own
+    # dashboard; the driver's environment is restored after.
+    with environment(RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{port}"):
+        context = ray.init(
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=port,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=True,
+            configure_logging=True,
+            logging_level=logging.WARNING,
+        )
+    if context.dashboard_url:
+        logger.info("local Ray dashboard: http://%s", context.dashboard_url)
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def environment(**values: str):
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def keep_local_ray_on_loopback() -> None:

@@ -29,3 +29,26 @@ def test_a_local_ray_listens_on_loopback_only():
             continue
     assert listening, "no Ray process found listening"
     assert [entry for entry in listening if not is_loopback(entry[1].ip)] == []
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_ray_processes_find_their_own_state_api_even_with_another_ray_on_the_machine():
+    """Ray Train's placement-group cleaner auto-detects the State API; with another Ray on the machine that
+    picked the other one and killed a live run. Every process of our Ray is pinned to its own dashboard."""
+    import os
+
+    from ray.util.state import list_actors
+
+    @ray.remote
+    class Probe:
+        def api_server(self):
+            return os.environ.get("RAY_API_SERVER_ADDRESS")
+
+    probe = Probe.remote()
+    address = ray.get(probe.api_server.remote())
+    assert address and address.startswith("http://127.0.0.1:")
+    # That State API (token-authenticated, as the cleaner calls it) is this Ray's: it lists the probe actor.
+    alive = {actor.actor_id for actor in list_actors(address=address, filters=[("state", "=", "ALIVE")])}
+    assert probe._actor_id.hex() in alive
+    ray.kill(probe)
+    assert "RAY_API_SERVER_ADDRESS" not in os.environ or os.environ["RAY_API_SERVER_ADDRESS"] != address
