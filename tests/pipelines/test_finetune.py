@@ -191,7 +191,7 @@ def mlflow_server(tmp_path_factory):
 
 @pytest.mark.usefixtures("local_ray")
 def test_registered_versions_are_promoted_only_on_improvement_and_answer_through_pyfunc(
-        model_dir, tmp_path, mlflow_server, capsys):
+        model_dir, tmp_path, mlflow_server, capsys, monkeypatch):
     import mlflow
     import pandas as pd
 
@@ -223,6 +223,7 @@ def test_registered_versions_are_promoted_only_on_improvement_and_answer_through
     assert second.data.params["tracking_uri"] == mlflow_server.replace("http://", "http://***@")
     assert not [text for text in written if "s3cr3t-pass" in text or "ci-user" in text]
 
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # restored after the test (set_tracking_uri exports it)
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pyfunc.load_model("models:/sentiment@champion")
     answer = model.predict(pd.DataFrame({"sentence": ["the film was superb", "a dull and boring story"]}))

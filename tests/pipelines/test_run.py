@@ -28,7 +28,8 @@ def write_task(path, count: int, seed: int) -> None:
 
 
 @pytest.fixture
-def pipeline_file(tmp_path):
+def pipeline_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the embedded registry under the root is under test
     corpus = tmp_path / "corpus"
     write_corpus_file(corpus, "a.txt", seed=1)
     write_corpus_file(corpus, "b.txt", seed=2)
