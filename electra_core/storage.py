@@ -37,6 +37,11 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+def absolute(uri: str | None) -> str | None:
+    """A local path made absolute (processes on other workers may run in another directory); URIs unchanged."""
+    return os.path.abspath(uri) if uri and "://" not in uri else uri
+
+
 def delete(uri: str) -> None:
     """Removes a file; one that is already gone is not an error."""
     fs, path = filesystem(uri)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
+
+from pipelines.environment import scoped_environment
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def ensure_ray(address: str | None = None) -> None:
     # it asked the other one, found no controller and removed the live run's placement group, killing its
     # worker (seen here). RAY_API_SERVER_ADDRESS, set while Ray starts, pins every process of this Ray to its own
     # dashboard; the driver's environment is restored after.
-    with environment(RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{port}"):
+    with scoped_environment(RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{port}"):
         context = ray.init(
             include_dashboard=True,
             dashboard_host="127.0.0.1",
@@ -51,19 +52,6 @@ def free_loopback_port() -> int:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
-
-@contextlib.contextmanager
-def environment(**values: str):
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def keep_local_ray_on_loopback() -> None:

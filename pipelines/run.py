@@ -27,10 +27,6 @@ RECORD_FILE = "pipeline_record.json"
 LAST_RUN_FILE = "last_run.json"
 
 
-def absolute(uri: str) -> str:
-    return uri if "://" in uri else os.path.abspath(uri)
-
-
 def run_pipeline(config_file: str | None, overrides: list[str] | None = None, address: str | None = None,
                  log=print) -> dict:
     """Runs the pipeline of `config_file` (+ `--set section.key=value` overrides); returns its summary."""
@@ -41,7 +37,7 @@ def run_pipeline(config_file: str | None, overrides: list[str] | None = None, ad
                         (FinetuneConfig, sections["finetune"])):
         from_dict(cls, values, where)  # every section is checked before any work starts
     pipeline = from_dict(PipelineConfig, sections["pipeline"], where)
-    pipeline = dataclasses.replace(pipeline, root=absolute(pipeline.root))
+    pipeline = dataclasses.replace(pipeline, root=storage.absolute(pipeline.root))
     with Lease(pipeline.root, pipeline.lease_ttl_s, log=log):
         demo = None
         if pipeline.demo_data:
@@ -104,7 +100,7 @@ def prepare_config(values: dict[str, Any], pipeline: PipelineConfig, demo: dict 
     if not values.get("inputs"):
         raise InputError(f"{where}: prepare.inputs is required (files, directories or globs of raw text)")
     config = from_dict(PrepareConfig, values, where)
-    return dataclasses.replace(config, output=absolute(config.output))
+    return dataclasses.replace(config, output=storage.absolute(config.output))
 
 
 def plan_pretrain(values: dict[str, Any], pipeline: PipelineConfig, data: str, manifest: dict,
@@ -161,7 +157,7 @@ def finetune_config(values: dict[str, Any], pipeline: PipelineConfig, pretrained
     key = f"{os.path.basename(pretrained['run'].rstrip('/'))}-step{pretrained['steps']}-{digest}"
     values.setdefault("output", storage.join(pipeline.root, "finetune", key))
     config = from_dict(FinetuneConfig, values, where)
-    return dataclasses.replace(config, output=absolute(config.output)), key
+    return dataclasses.replace(config, output=storage.absolute(config.output)), key
 
 
 def finetune_once(config: FinetuneConfig, key: str, address: str | None, log) -> dict:

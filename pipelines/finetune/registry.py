@@ -11,6 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from pipelines.environment import scoped_environment
 from pipelines.secrets import keep_credentials_out_of_mlflow_output, redact
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -40,14 +41,8 @@ def register(name: str, configured_uri: str | None, output: str, config: dict, m
     """Logs the run, registers a version of `name`, and moves `champion` to it only if it beats the current one."""
     # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; a later run in the same process (scheduled
     # retraining in one driver, tests) must not inherit this run's registry.
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
-    try:
+    with scoped_environment("MLFLOW_TRACKING_URI"):
         return _register(name, configured_uri, output, config, metrics, lineage, log)
-    finally:
-        if saved is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 def _register(name: str, configured_uri: str | None, output: str, config: dict, metrics: dict, lineage: dict,

@@ -7,7 +7,6 @@ TorchTrainer (workers run pipelines.finetune.loop) -> outputs + result record (-
 from __future__ import annotations
 
 import json
-import os
 import time
 
 from electra_core import storage
@@ -37,10 +36,9 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
     for name in ("model", "train", "eval", "output"):
         if not getattr(config, name):
             raise InputError(f"--{name} is required")
-    if "://" not in config.output:
-        import dataclasses
+    import dataclasses
 
-        config = dataclasses.replace(config, output=os.path.abspath(config.output))
+    config = dataclasses.replace(config, output=storage.absolute(config.output))
     model_dir = resolve_model(config.model)
     if not storage.exists(storage.join(model_dir, "tokenizer.json")):
         raise InputError(f"{model_dir}: no tokenizer.json next to the model")

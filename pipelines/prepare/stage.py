@@ -194,7 +194,8 @@ def tokenize_files(files: list[InputFile], config: PrepareConfig, tokenizer_json
         if entry["status"] == "failed":
             # Nothing of a failed file is committed: a reader never sees part of it.
             entry.update(documents=0, sequences=0, tokens=0, slots=0)
-            _delete_quietly([storage.join(config.output, shard["path"]) for shard in file_shards])
+            for shard in file_shards:
+                storage.delete(storage.join(config.output, shard["path"]))
         else:
             shards.extend(file_shards)
     return entries, shards
@@ -389,7 +390,3 @@ def remove_unlisted_shards(output: str, manifest: dict) -> None:
     if stale:
         fs.rm(stale)
 
-
-def _delete_quietly(uris: list[str]) -> None:
-    for uri in uris:
-        storage.delete(uri)

@@ -7,7 +7,6 @@ pipelines.pretrain.loop) -> result record (export URIs, final metrics) for the n
 from __future__ import annotations
 
 import json
-import os
 import time
 
 from electra_core import ElectraConfig, storage
@@ -22,11 +21,8 @@ def with_absolute_local_paths(config: PretrainConfig) -> PretrainConfig:
     """Workers may run in another directory: local paths are made absolute on the driver."""
     import dataclasses
 
-    def absolute(uri: str | None) -> str | None:
-        return os.path.abspath(uri) if uri and "://" not in uri else uri
-
-    return dataclasses.replace(config, data=absolute(config.data), storage=absolute(config.storage),
-                               init_from=absolute(config.init_from))
+    return dataclasses.replace(config, data=storage.absolute(config.data), storage=storage.absolute(config.storage),
+                               init_from=storage.absolute(config.init_from))
 
 
 def run_uri(config: PretrainConfig) -> str:
