@@ -11,21 +11,42 @@ from pipelines.environment import scoped_environment
 logger = logging.getLogger(__name__)
 
 
-def ensure_ray(address: str | None = None) -> None:
+# Set while this process runs a local Ray it started without a dashboard (see ensure_ray).
+_local_without_dashboard = False
+
+
+def ensure_ray(address: str | None = None, dashboard: bool = True) -> None:
     """Joins the cluster at `address` or RAY_ADDRESS; without either, starts a local Ray on 127.0.0.1.
 
     Inside a Ray job (ray job submit) RAY_ADDRESS is set, so the same command joins that cluster.
+    `dashboard=False` is for stages that do not use Ray Train (prepare): a local Ray then starts a second or
+    so sooner and runs fewer background processes. A later stage that asks for the dashboard restarts such a
+    local Ray with it.
     """
+    global _local_without_dashboard
     import ray
 
+    # Ray's usage statistics go to Anyscale's servers; this pipeline runs offline, so they are off unless a user
+    # sets RAY_USAGE_STATS_ENABLED=1. Off, Ray Data also skips its usage-collection actor (a process per cluster).
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
     if ray.is_initialized():
-        return
+        if not (dashboard and _local_without_dashboard):
+            return
+        ray.shutdown()
+        _local_without_dashboard = False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         logger.info("joining the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
         return
     keep_local_ray_on_loopback()
+    options = {"_node_ip_address": "127.0.0.1", "log_to_driver": True, "configure_logging": True,
+               "logging_level": logging.WARNING}
+    if not dashboard:
+        ray.init(include_dashboard=False, **options)
+        _local_without_dashboard = True
+        return
     port = free_loopback_port()
     # Ray Train's placement-group cleaner asks the State API whether the run's controller is alive. The dashboard
     # serves that API (without it the cleaner warns every few seconds for the whole run), and the cleaner finds
@@ -34,15 +55,8 @@ def ensure_ray(address: str | None = None) -> None:
     # worker (seen here). RAY_API_SERVER_ADDRESS, set while Ray starts, pins every process of this Ray to its own
     # dashboard; the driver's environment is restored after.
     with scoped_environment(RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{port}"):
-        context = ray.init(
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            dashboard_port=port,
-            _node_ip_address="127.0.0.1",
-            log_to_driver=True,
-            configure_logging=True,
-            logging_level=logging.WARNING,
-        )
+        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **options)
+    _local_without_dashboard = False
     if context.dashboard_url:
         logger.info("local Ray dashboard: http://%s", context.dashboard_url)
 

@@ -5,17 +5,22 @@ Sentences of a document accumulate until they fill the target length; the sequen
 one segment ([CLS] A [SEP]) and a share get a shorter random target length. Unlike the reference, the part
 of a sentence that does not fit is carried into the next sequence instead of being cut off, so no token of
 the input is lost; a document boundary closes the current sequence.
+
+Sentences arrive as one flat id array per run of consecutive sentences plus their lengths: a sequence is
+then one slice of that array (two where it began in an earlier run), so the per-sentence work is integer
+arithmetic and numpy is touched once per sequence.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import numpy as np
 
 
 class SequencePacker:
-    """Feed sentences (token id arrays) and document ends; collect finished sequences."""
+    """Feed runs of sentences and document ends; collect finished sequences."""
 
     def __init__(self, seq_len: int, cls_id: int, sep_id: int, rng: random.Random,
                  single_segment_prob: float = 0.1, short_seq_prob: float = 0.05):
@@ -27,7 +32,9 @@ class SequencePacker:
         self.short_seq_prob = short_seq_prob
         self.sequences: list[np.ndarray] = []
         self.token_types: list[np.ndarray] = []
-        self._pieces: list[np.ndarray] = []
+        # The sequence being filled: its tokens from earlier runs, and the length of each sentence piece in it.
+        self._carried: list[np.ndarray] = []
+        self._piece_lengths: list[int] = []
         self._length = 0
         self._start_sequence(self.seq_len)
 
@@ -35,55 +42,60 @@ class SequencePacker:
         self._single = self.rng.random() < self.single_segment_prob
         self._budget = max(1, target - (2 if self._single else 3))
 
-    def add_sentence(self, ids: np.ndarray) -> None:
-        while len(ids):
-            room = self._budget - self._length
-            self._pieces.append(ids[:room])
-            self._length += min(room, len(ids))
-            ids = ids[room:]
-            if self._length >= self._budget:
-                self._finish_sequence()
+    def add_sentences(self, ids: np.ndarray, lengths: Sequence[int]) -> None:
+        """Consecutive sentences of one document: `ids` holds their tokens back to back, `lengths` their sizes
+        (empty sentences are skipped). A sentence longer than the room left is cut; its rest starts the next
+        sequence."""
+        start = position = 0  # start: where the current sequence's tokens begin in `ids`
+        for length in lengths:
+            while length:
+                taken = min(self._budget - self._length, length)
+                self._piece_lengths.append(taken)
+                self._length += taken
+                position += taken
+                length -= taken
+                if self._length >= self._budget:
+                    self._finish_sequence(ids[start:position])
+                    start = position
+        if self._length:
+            self._carried.append(ids[start:position])
 
     def end_document(self) -> None:
         if self._length:
-            self._finish_sequence()
+            self._finish_sequence(None)
 
-    def _finish_sequence(self) -> None:
-        first, second = self._segments()
-        if second:
-            ids = np.concatenate([self.cls, *first, self.sep, *second, self.sep])
-            first_length = 2 + sum(len(piece) for piece in first)
+    def _finish_sequence(self, tail: np.ndarray | None) -> None:
+        parts = self._carried + [tail] if tail is not None else self._carried
+        tokens = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        first_length = self._first_segment_length()
+        if first_length < len(tokens):
+            ids = np.concatenate([self.cls, tokens[:first_length], self.sep, tokens[first_length:], self.sep])
             types = np.zeros(len(ids), dtype=np.int8)
-            types[first_length:] = 1
+            types[first_length + 2:] = 1
         else:
-            ids = np.concatenate([self.cls, *first, self.sep])
+            ids = np.concatenate([self.cls, tokens, self.sep])
             types = np.zeros(len(ids), dtype=np.int8)
         self.sequences.append(ids)
         self.token_types.append(types)
-        self._pieces, self._length = [], 0
+        self._carried, self._piece_lengths, self._length = [], [], 0
         short = self.rng.random() < self.short_seq_prob
         self._start_sequence(self.rng.randint(5, self.seq_len) if short else self.seq_len)
 
-    def _segments(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        if self._single or len(self._pieces) == 1:
-            return self._pieces, []
+    def _first_segment_length(self) -> int:
+        """Tokens in segment A; all of them for a single-segment sequence."""
+        if self._single or len(self._piece_lengths) == 1:
+            return self._length
         first_target = self._budget // 2
-        first: list[np.ndarray] = []
-        second: list[np.ndarray] = []
         first_length = 0
-        for piece in self._pieces:
+        for index, length in enumerate(self._piece_lengths):
             # As the reference: a sentence joins A while A is empty, while it fits under A's target, or
-            # (before B has started) half of the time when it would overshoot.
-            if second or not (
-                not first
-                or first_length + len(piece) < first_target
-                or (first_length < first_target and self.rng.random() < 0.5)
-            ):
-                second.append(piece)
+            # (before B has started) half of the time when it would overshoot. B takes the rest.
+            if (index == 0 or first_length + length < first_target
+                    or (first_length < first_target and self.rng.random() < 0.5)):
+                first_length += length
             else:
-                first.append(piece)
-                first_length += len(piece)
-        return first, second
+                break
+        return first_length
 
     def take(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Finished sequences and their segment ids since the last take()."""

@@ -53,6 +53,7 @@ class Split:
     compression: str | None
     start: int
     end: int  # exclusive; -1 means to the end
+    size: int = 0  # input bytes it covers, about (compressed, for a compressed file): for scheduling
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -193,14 +194,15 @@ def make_splits(file_index: int, file: InputFile, split_bytes: int) -> list[Spli
         fs, path = storage.filesystem(file.uri)
         with fs.open(path, "rb") as handle:
             groups = pq.ParquetFile(handle).num_row_groups
-        return [Split(file_index, i, file.uri, file.format, None, i, i + 1) for i in range(groups)]
+        return [Split(file_index, i, file.uri, file.format, None, i, i + 1, file.size // max(1, groups))
+                for i in range(groups)]
     if file.compression is not None or file.size <= split_bytes:
-        return [Split(file_index, 0, file.uri, file.format, file.compression, 0, -1)]
-    starts = range(0, file.size, split_bytes)
-    return [
-        Split(file_index, i, file.uri, file.format, None, start, min(start + split_bytes, file.size))
-        for i, start in enumerate(starts)
-    ]
+        return [Split(file_index, 0, file.uri, file.format, file.compression, 0, -1, file.size)]
+    splits = []
+    for index, start in enumerate(range(0, file.size, split_bytes)):
+        end = min(start + split_bytes, file.size)
+        splits.append(Split(file_index, index, file.uri, file.format, None, start, end, end - start))
+    return splits
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -230,39 +232,87 @@ codecs.register_error("electra-count-replace", _count_and_replace)
 
 
 def _decode(data: bytes, stats: ReadStats) -> str:
+    try:
+        return data.decode("utf-8")  # the common case, without the counting error handler's set-up
+    except UnicodeDecodeError:
+        pass
     _replacements.count = 0
     text = data.decode("utf-8", errors="electra-count-replace")
     stats.invalid_utf8 += _replacements.count
     return text
 
 
+# Sentences of a split come in batches: (sentences, document_ends), where document_ends lists the positions in
+# `sentences` after which a document ended (0: before the batch's first sentence). A document may go on
+# into the next batch. Batching keeps the per-line Python work to a few list operations.
+SentenceBatch = tuple[list[str], list[int]]
+_ITEM_BATCH = 4096
+
+
+def read_split_batches(split: Split, documents: str, text_field: str, max_line_chars: int,
+                       stats: ReadStats) -> Iterator[SentenceBatch]:
+    """The sentences of a split and where its documents end, in batches (see SentenceBatch)."""
+    if split.format == "parquet":
+        yield from _batched(_parquet_documents(split, text_field, max_line_chars, stats))
+    elif split.format == "jsonl":
+        yield from _batched(_jsonl_documents(split, text_field, max_line_chars, stats))
+    else:
+        yield from _text_batches(split, documents, max_line_chars, stats)
+
+
 def read_split(split: Split, documents: str, text_field: str, max_line_chars: int,
                stats: ReadStats) -> Iterator[str | None]:
-    """Sentences of a split, with DOCUMENT_BREAK (None) between documents."""
-    if split.format == "parquet":
-        yield from _parquet_documents(split, text_field, max_line_chars, stats)
-    elif split.format == "jsonl":
-        yield from _jsonl_documents(split, text_field, max_line_chars, stats)
-    else:
-        yield from _text_documents(split, documents, max_line_chars, stats)
-
-
-def _text_documents(split: Split, documents: str, max_line_chars: int, stats: ReadStats) -> Iterator[str | None]:
-    in_document = False
-    for raw_line, continues in _bounded_lines(split, max_line_chars, stats):
-        line = _decode(raw_line, stats).strip()
-        if not line:
-            if in_document and documents == "blank_lines":
-                yield DOCUMENT_BREAK
-                in_document = False
-            continue
-        if not in_document:
-            stats.documents += 1
-            in_document = True
-        yield from _sentences(line)
-        if documents == "lines" and not continues:
+    """Sentences of a split one by one, with DOCUMENT_BREAK (None) between documents."""
+    for sentences, document_ends in read_split_batches(split, documents, text_field, max_line_chars, stats):
+        position = 0
+        for end in document_ends:
+            yield from sentences[position:end]
             yield DOCUMENT_BREAK
-            in_document = False
+            position = end
+        yield from sentences[position:]
+
+
+def _batched(items: Iterator[str | None]) -> Iterator[SentenceBatch]:
+    sentences: list[str] = []
+    document_ends: list[int] = []
+    for item in items:
+        if item is DOCUMENT_BREAK:
+            document_ends.append(len(sentences))
+        else:
+            sentences.append(item)
+            if len(sentences) >= _ITEM_BATCH:
+                yield sentences, document_ends
+                sentences, document_ends = [], []
+    if sentences or document_ends:
+        yield sentences, document_ends
+
+
+def _text_batches(split: Split, documents: str, max_line_chars: int, stats: ReadStats) -> Iterator[SentenceBatch]:
+    """Documents are separated by blank lines (documents="blank_lines") or are single lines ("lines");
+    lines longer than _LONG_LINE are cut into sentences."""
+    one_per_line = documents == "lines"
+    in_document = False
+    for raw_lines, continues in _bounded_line_batches(split, max_line_chars, stats):
+        sentences: list[str] = []
+        document_ends: list[int] = []
+        for line in _decode(b"\n".join(raw_lines), stats).split("\n"):
+            line = line.strip()
+            if not line:
+                if in_document and not one_per_line:
+                    document_ends.append(len(sentences))
+                    in_document = False
+                continue
+            if not in_document:
+                stats.documents += 1
+                in_document = True
+            if len(line) <= _LONG_LINE:
+                sentences.append(line)
+            else:
+                sentences.extend(_sentences(line))
+            if one_per_line and not continues:
+                document_ends.append(len(sentences))
+                in_document = False
+        yield sentences, document_ends
 
 
 def _jsonl_documents(split: Split, text_field: str, max_line_chars: int, stats: ReadStats) -> Iterator[str | None]:
@@ -322,9 +372,17 @@ def _sentences(line: str) -> Iterator[str]:
 
 
 def _bounded_lines(split: Split, max_bytes: int, stats: ReadStats) -> Iterator[tuple[bytes, bool]]:
-    """(line, continues) for the lines that start inside the split; `continues` marks a piece of a line
-    longer than max_bytes, whose rest follows. Pieces end at whitespace where there is one, and never inside
-    a UTF-8 character, so memory stays bounded by max_bytes plus one read block."""
+    """(line, continues) one by one; see _bounded_line_batches."""
+    for lines, continues in _bounded_line_batches(split, max_bytes, stats):
+        for line in lines:
+            yield line, continues
+
+
+def _bounded_line_batches(split: Split, max_bytes: int, stats: ReadStats) -> Iterator[tuple[list[bytes], bool]]:
+    """(lines, continues) for the lines that start inside the split, a read block's worth at a time. A line
+    longer than max_bytes comes in pieces, each alone in a batch with `continues` set, its rest in the next
+    batch. Pieces end at whitespace where there is one, and never inside a UTF-8 character, so memory stays
+    bounded by max_bytes plus one read block."""
     fs, path = storage.filesystem(split.uri)
     with fs.open(path, "rb", compression=split.compression) as handle:
         line_start = split.start
@@ -339,23 +397,39 @@ def _bounded_lines(split: Split, max_bytes: int, stats: ReadStats) -> Iterator[t
             buffer += block
             lines = buffer.split(b"\n")
             buffer = lines.pop()
-            for line in lines:
+            if lines:
+                lines = _starting_before(lines, line_start + consumed, end)
+                size = sum(map(len, lines)) + len(lines)
+                stats.bytes_read += size
+                line_start += consumed + size
+                consumed = 0
+                if lines:
+                    yield lines, False
                 if line_start >= end:
                     return
-                stats.bytes_read += len(line) + 1
-                yield line, False
-                line_start += consumed + len(line) + 1
-                consumed = 0
             while len(buffer) > max_bytes and line_start < end:
                 piece, buffer = _cut(buffer, max_bytes)
                 stats.bytes_read += len(piece)
                 consumed += len(piece)
-                yield piece, True
+                yield [piece], True
             if not block:
                 if buffer and line_start < end:
                     stats.bytes_read += len(buffer)
-                    yield buffer, False
+                    yield [buffer], False
                 return
+
+
+def _starting_before(lines: list[bytes], first_end: int, end: float) -> list[bytes]:
+    """The leading lines that start before `end`; the first starts before it already, and ends (with its
+    newline) at `first_end` + its length + 1."""
+    if end == float("inf"):
+        return lines
+    position = first_end
+    for index, line in enumerate(lines):
+        position += len(line) + 1
+        if position >= end:  # the next line starts at or after `end`
+            return lines[:index + 1]
+    return lines
 
 
 def _skip_past_newline(handle) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import itertools
 import json
 import os
 import random
@@ -26,9 +25,9 @@ from electra_core.tokenizer import CLS, SEP, TOKENIZER_FILE, save_tokenizer, tra
 from pipelines.config import PrepareConfig, saved_dict, to_dict
 from pipelines.errors import InputError
 from pipelines.prepare import manifest as manifests
+from pipelines.prepare.encoding import encode_sentences
 from pipelines.prepare.packing import SequencePacker
 from pipelines.prepare.sources import (
-    DOCUMENT_BREAK,
     InputFile,
     ReadStats,
     Split,
@@ -37,7 +36,7 @@ from pipelines.prepare.sources import (
     probe,
     read_sample,
     describe_error,
-    read_split,
+    read_split_batches,
 )
 
 # Text handed to the tokenizer at once: large enough for encode_batch to be efficient, small enough to bound memory.
@@ -78,7 +77,7 @@ def run_prepare(config: PrepareConfig, address: str | None = None, log: Callable
     # --- run ---------------------------------------------------------------------------------------------
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     publish_tokenizer(config.output, tokenizer, tokenizer_sha)
-    new_entries, new_shards = tokenize_files(new_files, config, tokenizer_json, content_key, run_id, address, log)
+    new_entries, new_shards = tokenize_files(new_files, config, tokenizer_sha, content_key, run_id, address, log)
 
     # --- commit ------------------------------------------------------------------------------------------
     failed = [entry for entry in new_entries if entry["status"] == "failed"]
@@ -159,7 +158,7 @@ def publish_tokenizer(output: str, tokenizer, tokenizer_sha: str) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def tokenize_files(files: list[InputFile], config: PrepareConfig, tokenizer_json: str, content_key: str,
+def tokenize_files(files: list[InputFile], config: PrepareConfig, tokenizer_sha: str, content_key: str,
                    run_id: str, address: str | None, log) -> tuple[list[dict], list[dict]]:
     """Manifest entries for `files` and the shards of those that were read."""
     entries: list[dict] = []
@@ -178,7 +177,7 @@ def tokenize_files(files: list[InputFile], config: PrepareConfig, tokenizer_json
             entry["status"], entry["reason"] = "failed", describe_error(error)
 
     shards_by_file: dict[int, list[dict]] = {}
-    for result in run_split_actors(splits, config, tokenizer_json, content_key, address, log):
+    for result in run_split_actors(splits, config, tokenizer_sha, content_key, address, log):
         entry = entries[result["file_index"]]
         for name in ("documents", "sequences", "tokens", "slots", "invalid_utf8", "bad_records", "bytes_read"):
             entry[name] += result[name]
@@ -201,22 +200,24 @@ def tokenize_files(files: list[InputFile], config: PrepareConfig, tokenizer_json
     return entries, shards
 
 
-def run_split_actors(splits: list[Split], config: PrepareConfig, tokenizer_json: str, content_key: str,
+def run_split_actors(splits: list[Split], config: PrepareConfig, tokenizer_sha: str, content_key: str,
                      address: str | None, log) -> list[dict]:
     if not splits:
         return []
     from pipelines.ray_runtime import cluster_cpus, ensure_ray
 
-    ensure_ray(address)
+    ensure_ray(address, dashboard=False)
     import ray.data
 
     workers = min(config.workers or cluster_cpus(), len(splits))
     log(f"electra prepare: {len(splits)} splits on {workers} tokenizer actors")
-    dataset = ray.data.from_items([{"split": split.to_json()} for split in splits],
-                                  override_num_blocks=len(splits))
+    # Largest first, so that the last splits to finish are small ones and no actor idles long at the end.
+    ordered = sorted(splits, key=lambda split: split.size, reverse=True)
+    dataset = ray.data.from_items([{"split": split.to_json()} for split in ordered], override_num_blocks=len(ordered))
     results = dataset.map_batches(
         SplitTokenizer,
-        fn_constructor_kwargs={"tokenizer_json": tokenizer_json, "config": to_dict(config),
+        # The actors read the tokenizer from the output (published before this), not from the object store.
+        fn_constructor_kwargs={"tokenizer_sha": tokenizer_sha, "config": to_dict(config),
                                "content_key": content_key},
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=workers),
@@ -228,15 +229,19 @@ def run_split_actors(splits: list[Split], config: PrepareConfig, tokenizer_json:
 class SplitTokenizer:
     """Ray Data actor: loads the tokenizer once, then reads, tokenizes, packs and writes each split it gets."""
 
-    def __init__(self, tokenizer_json: str, config: dict, content_key: str):
+    def __init__(self, tokenizer_sha: str, config: dict, content_key: str):
         # One tokenizer thread per actor: the actor pool already has one actor per CPU.
         os.environ["RAYON_NUM_THREADS"] = "1"
         from tokenizers import Tokenizer
 
-        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        self.config = PrepareConfig(**config)
+        uri = storage.join(self.config.output, TOKENIZER_FILE)
+        text = storage.read_bytes(uri)
+        if hashlib.sha256(text).hexdigest() != tokenizer_sha:
+            raise RuntimeError(f"{uri} changed while this run was using it")
+        self.tokenizer = Tokenizer.from_str(text.decode())
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
-        self.config = PrepareConfig(**config)
         self.content_key = content_key
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
@@ -256,18 +261,18 @@ def process_split(split: Split, tokenizer, config: PrepareConfig, content_key: s
     file_key = hashlib.sha256(f"{split.uri}|{content_key}".encode()).hexdigest()[:16]
     writer = ShardWriter(config.output, f"shards/{file_key}-{split.split_index:05d}", config.shard_rows,
                          config.seq_len)
+    sep_id = tokenizer.token_to_id(SEP)
     error = None
     try:
-        block: list[str | None] = []
-        block_chars = 0
-        for sentence in read_split(split, config.documents, config.text_field, config.max_line_chars, stats):
-            block.append(sentence)
-            block_chars += len(sentence) if sentence is not DOCUMENT_BREAK else 0
-            if block_chars >= TOKENIZE_BLOCK_CHARS:
-                _tokenize_and_pack(block, tokenizer, packer, writer)
-                block, block_chars = [], 0
-        block.append(DOCUMENT_BREAK)
-        _tokenize_and_pack(block, tokenizer, packer, writer)
+        block = SentenceBlock()
+        for batch in read_split_batches(split, config.documents, config.text_field, config.max_line_chars, stats):
+            if block.add(*batch) >= TOKENIZE_BLOCK_CHARS:
+                block.pack(tokenizer, sep_id, packer)
+                writer.add(*packer.take())
+                block = SentenceBlock()
+        block.add([], [0])  # the split's last document ends here
+        block.pack(tokenizer, sep_id, packer)
+        writer.add(*packer.take())
         writer.flush(final=True)
     except Exception as failure:  # a corrupt or truncated file fails alone; the others carry on
         error = describe_error(failure)
@@ -277,22 +282,35 @@ def process_split(split: Split, tokenizer, config: PrepareConfig, content_key: s
             "bad_records": stats.bad_records, "bytes_read": stats.bytes_read, "error": error}
 
 
-def _tokenize_and_pack(block: list[str | None], tokenizer, packer: SequencePacker, writer: "ShardWriter") -> None:
-    sentences = [item for item in block if item is not DOCUMENT_BREAK]
-    id_lists = [encoding.ids for encoding in tokenizer.encode_batch_fast(sentences, add_special_tokens=False)]
-    # One array for the whole block; sentences are views into it (one conversion instead of one per sentence).
-    ends = list(itertools.accumulate(len(ids) for ids in id_lists))
-    flat = np.fromiter(itertools.chain.from_iterable(id_lists), dtype=np.int32, count=ends[-1] if ends else 0)
-    sentence = 0
-    for item in block:
-        if item is DOCUMENT_BREAK:
-            packer.end_document()
-            continue
-        start = ends[sentence - 1] if sentence else 0
-        if ends[sentence] > start:
-            packer.add_sentence(flat[start: ends[sentence]])
-        sentence += 1
-    writer.add(*packer.take())
+class SentenceBlock:
+    """Sentences read since the last tokenization, and where documents end among them."""
+
+    def __init__(self) -> None:
+        self.sentences: list[str] = []
+        self.document_ends: list[int] = []  # sentence counts at which a document ended
+        self.chars = 0
+
+    def add(self, sentences: list[str], document_ends: list[int]) -> int:
+        """Adds a batch from read_split_batches; returns the characters held."""
+        offset = len(self.sentences)
+        self.document_ends.extend(offset + end for end in document_ends)
+        self.sentences.extend(sentences)
+        self.chars += sum(map(len, sentences))
+        return self.chars
+
+    def pack(self, tokenizer, sep_id: int, packer: SequencePacker) -> None:
+        """Tokenizes the block and feeds it, document by document, to the packer."""
+        ids, lengths = encode_sentences(tokenizer, self.sentences, sep_id)
+        sentence = token = 0
+        # None: the sentences after the last document end, whose document goes on in the next block.
+        for end in [*self.document_ends, None]:
+            stop = len(self.sentences) if end is None else end
+            document_lengths = lengths[sentence:stop]
+            count = sum(document_lengths)
+            packer.add_sentences(ids[token: token + count], document_lengths)
+            if end is not None:
+                packer.end_document()
+            sentence, token = stop, token + count
 
 
 class ShardWriter:

@@ -202,7 +202,7 @@ def _log_tail(path: Path, chars: int = 6000) -> str:
         return "(no log)"
 
 
-def _start_head(root: Path) -> tuple[RayHeadCluster, subprocess.Popen]:
+def start_head(root: Path) -> tuple[RayHeadCluster, subprocess.Popen]:
     headers = _auth_headers()
     gcs_port, dashboard_port, agent_port, client_port, dash_metrics, autoscaler_metrics = _free_ports(6)
     env = {k: v for k, v in os.environ.items() if k not in _CLUSTER_ENV_KEYS}
@@ -250,7 +250,7 @@ def _start_head(root: Path) -> tuple[RayHeadCluster, subprocess.Popen]:
     last_error: Exception | None = None
     while time.monotonic() - started < START_TIMEOUT_S:
         if process.poll() is not None:
-            _stop_head(process)  # whatever it had started already
+            stop_head(process)  # whatever it had started already
             raise RuntimeError(f"`ray start --head` exited with {process.returncode}:\n{_log_tail(log_path)}")
         try:
             cluster.job_client().list_jobs()
@@ -259,11 +259,11 @@ def _start_head(root: Path) -> tuple[RayHeadCluster, subprocess.Popen]:
         except Exception as error:  # noqa: BLE001 - not up yet: connection refused, 404 before the job module
             last_error = error
             time.sleep(0.5)
-    _stop_head(process)
+    stop_head(process)
     raise RuntimeError(f"Ray head not ready after {START_TIMEOUT_S} s ({last_error!r}):\n{_log_tail(log_path)}")
 
 
-def _stop_head(process: subprocess.Popen) -> float:
+def stop_head(process: subprocess.Popen) -> float:
     """SIGTERM to `ray start --block`, which stops the processes it started; then SIGKILL to whatever of
     ours is left. Returns the seconds it took."""
     started = time.monotonic()
@@ -292,17 +292,17 @@ def ray_head_cluster():
     dashboard and Jobs API. Yields a RayHeadCluster; stops only this head's processes afterwards."""
     root = Path(tempfile.mkdtemp(prefix="rayh-", dir="/tmp"))
     try:
-        cluster, process = _start_head(root)
+        cluster, process = start_head(root)
     except RuntimeError as error:  # a port taken between choosing it and Ray binding it: once more
         print(f"\nRay head did not start, retrying with other ports: {error}", flush=True)
         shutil.rmtree(root, ignore_errors=True)
         root = Path(tempfile.mkdtemp(prefix="rayh-", dir="/tmp"))
-        cluster, process = _start_head(root)
+        cluster, process = start_head(root)
     print(f"\nRay head up in {cluster.startup_s:.1f} s: GCS {cluster.gcs_address}, "
           f"dashboard {cluster.dashboard_url}", flush=True)
     try:
         yield cluster
     finally:
-        seconds = _stop_head(process)
+        seconds = stop_head(process)
         print(f"\nRay head stopped in {seconds:.1f} s", flush=True)
         shutil.rmtree(root, ignore_errors=True)

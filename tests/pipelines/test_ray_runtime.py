@@ -52,3 +52,27 @@ def test_ray_processes_find_their_own_state_api_even_with_another_ray_on_the_mac
     assert probe._actor_id.hex() in alive
     ray.kill(probe)
     assert "RAY_API_SERVER_ADDRESS" not in os.environ or os.environ["RAY_API_SERVER_ADDRESS"] != address
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_local_ray_started_without_dashboard_is_restarted_with_one_for_ray_train():
+    """`electra prepare` starts a local Ray without the dashboard; in `electra run`, pretraining follows in
+    the same process and needs the dashboard (see above), so asking for it restarts that Ray."""
+    import os
+
+    from pipelines.ray_runtime import ensure_ray
+
+    @ray.remote
+    def api_server():
+        return os.environ.get("RAY_API_SERVER_ADDRESS")
+
+    ray.shutdown()
+    try:
+        ensure_ray(dashboard=False)
+        assert ray.get(api_server.remote()) is None
+        ensure_ray(dashboard=False)  # already running: kept
+        ensure_ray()
+        address = ray.get(api_server.remote())
+        assert address and address.startswith("http://127.0.0.1:")
+    finally:
+        ensure_ray()  # the session's Ray, with its dashboard, for the tests after this one
