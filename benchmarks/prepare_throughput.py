@@ -72,8 +72,9 @@ def run_prepare(corpus: Path, output: Path, tokenizer_dir: Path, head=None) -> d
     electra = Path(sys.executable).with_name("electra")
     command = [str(electra), "prepare", "--input", str(corpus), "--output", str(output),
                "--tokenizer", str(tokenizer_dir)]
-    env = head.subprocess_env() if head is not None else None
+    env = None
     if head is not None:
+        env = head.subprocess_env()
         command += ["--address", head.gcs_address]
     started = time.perf_counter()
     process = psutil.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

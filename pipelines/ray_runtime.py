@@ -73,7 +73,6 @@ def free_loopback_port() -> int:
         return probe.getsockname()[1]
 
 
-
 def keep_local_ray_on_loopback() -> None:
     """A local run is one node: everything it starts (GCS, raylet, object manager, workers) listens on
     127.0.0.1 only. Ray otherwise replaces 127.0.0.1 with the machine's routable address so that other nodes

@@ -6,6 +6,7 @@ TorchTrainer (workers run pipelines.finetune.loop) -> outputs + result record (-
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -36,8 +37,6 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
     for name in ("model", "train", "eval", "output"):
         if not getattr(config, name):
             raise InputError(f"--{name} is required")
-    import dataclasses
-
     config = dataclasses.replace(config, output=storage.absolute(config.output))
     model_dir = resolve_model(config.model)
     if not storage.exists(storage.join(model_dir, "tokenizer.json")):

@@ -305,7 +305,7 @@ def _text_batches(split: Split, documents: str, max_line_chars: int, stats: Read
             if not in_document:
                 stats.documents += 1
                 in_document = True
-            if len(line) <= _LONG_LINE:
+            if len(line) <= _LONG_LINE:  # most lines: appended without a _sentences generator
                 sentences.append(line)
             else:
                 sentences.extend(_sentences(line))

@@ -253,15 +253,15 @@ class SplitTokenizer:
 def process_split(split: Split, tokenizer, config: PrepareConfig, content_key: str) -> dict:
     """Reads one split and writes its shards; errors are returned, not raised, so the run goes on."""
     stats = ReadStats()
+    sep_id = tokenizer.token_to_id(SEP)
     packer = SequencePacker(
-        config.seq_len, tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP),
+        config.seq_len, tokenizer.token_to_id(CLS), sep_id,
         random.Random(f"{config.seed}:{split.uri}:{split.split_index}"),
         config.single_segment_prob, config.short_seq_prob,
     )
     file_key = hashlib.sha256(f"{split.uri}|{content_key}".encode()).hexdigest()[:16]
     writer = ShardWriter(config.output, f"shards/{file_key}-{split.split_index:05d}", config.shard_rows,
                          config.seq_len)
-    sep_id = tokenizer.token_to_id(SEP)
     error = None
     try:
         block = SentenceBlock()
