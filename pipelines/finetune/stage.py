@@ -37,7 +37,8 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
     for name in ("model", "train", "eval", "output"):
         if not getattr(config, name):
             raise InputError(f"--{name} is required")
-    config = dataclasses.replace(config, output=storage.absolute(config.output))
+    # Workers may run in another directory (a cluster started elsewhere): local paths are made absolute here.
+    config = dataclasses.replace(config, model=storage.absolute(config.model), output=storage.absolute(config.output))
     model_dir = resolve_model(config.model)
     if not storage.exists(storage.join(model_dir, "tokenizer.json")):
         raise InputError(f"{model_dir}: no tokenizer.json next to the model")

@@ -13,7 +13,7 @@ import os
 import random
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -51,8 +51,9 @@ def run_prepare(config: PrepareConfig, address: str | None = None, log: Callable
     started = time.perf_counter()
     if not config.output:
         raise InputError("--output is required")
+    config = with_absolute_local_paths(config)
     files = discover(config.inputs)
-    previous = manifests.read_manifest(config.output)
+    previous = with_absolute_sources(manifests.read_manifest(config.output))
     tokenizer = resolve_tokenizer(config, previous, files, log)
     # The canonical serialisation: what is written, hashed and handed to the actors is the same text.
     tokenizer_json = tokenizer.to_str()
@@ -100,6 +101,23 @@ def run_prepare(config: PrepareConfig, address: str | None = None, log: Callable
         f"tokens, pad {counts['pad_fraction']:.1%}; {megabytes:.1f} MB new in {seconds:.1f} s "
         f"({megabytes / seconds:.2f} MB/s) -> {manifests.manifest_uri(config.output)}")
     return {"output": config.output, "manifest": manifest, "skipped": False, "seconds": seconds}
+
+
+def with_absolute_local_paths(config: PrepareConfig) -> PrepareConfig:
+    """Local paths made absolute on the driver: the tokenizer actors of a cluster started in another directory
+    would otherwise read and write relative to theirs. The manifest records them so."""
+    return replace(config, inputs=[storage.absolute(uri) for uri in config.inputs],
+                   output=storage.absolute(config.output), tokenizer=storage.absolute(config.tokenizer))
+
+
+def with_absolute_sources(manifest: dict | None) -> dict | None:
+    """A manifest written before local paths were made absolute names its inputs relative to the directory
+    that run started in; they are read as relative to this one, so that unchanged files are still recognised
+    (a run from another directory tokenizes them again, as a different input)."""
+    if manifest is None:
+        return None
+    return {**manifest, "files": [{**entry, "uri": storage.absolute(entry["uri"])} for entry in manifest["files"]],
+            "shards": [{**shard, "source": storage.absolute(shard["source"])} for shard in manifest["shards"]]}
 
 
 def content_fingerprint(config: PrepareConfig, tokenizer_sha: str) -> str:

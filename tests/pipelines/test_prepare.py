@@ -202,6 +202,39 @@ def test_new_files_are_tokenized_alone_and_added_under_a_new_manifest(tmp_path):
     assert [run["files_added"] for run in second["runs"]] == [[old_entry["uri"]], [new_entry["uri"]]]
 
 
+def test_relative_paths_name_the_callers_directory_not_the_actors(tmp_path, monkeypatch):
+    """The tokenizer actors run where their Ray started (a cluster's directory; here the test session's), so
+    relative --input and --output are resolved by the command. A manifest from before that, which records
+    relative paths, still finds its unchanged files."""
+    from pipelines.prepare import manifest as manifests
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("\n".join(make_sentences(200)))
+    monkeypatch.chdir(tmp_path)
+    assert os.getcwd() != ray_worker_directory()
+    result, _ = prepare(["in"], "out")
+    manifest = load_committed_dataset(str(tmp_path / "out"))
+    assert [entry["uri"] for entry in manifest["files"]] == [str(tmp_path / "in" / "a.txt")]
+    assert manifest["counts"]["sequences"] > 0 and len(read_shards(str(tmp_path / "out"), manifest)) == \
+        manifest["counts"]["sequences"]
+
+    relative = {**manifest, "files": [{**entry, "uri": "in/a.txt"} for entry in manifest["files"]],
+                "shards": [{**shard, "source": "in/a.txt"} for shard in manifest["shards"]]}
+    manifests.write_manifest(str(tmp_path / "out"), relative)
+    result, logs = prepare(["in"], "out")
+    assert result["skipped"] and "up to date" in logs
+
+
+def ray_worker_directory() -> str:
+    import ray
+
+    @ray.remote
+    def directory() -> str:
+        return os.getcwd()
+
+    return ray.get(directory.remote())
+
+
 def test_changed_settings_rebuild_everything_and_remove_the_old_shards(tmp_path):
     (tmp_path / "a.txt").write_text("\n".join(make_sentences(300)))
     prepare([tmp_path / "a.txt"], tmp_path / "out", seq_len=64)
