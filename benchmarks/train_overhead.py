@@ -65,7 +65,7 @@ def plain_loop(data: str, args) -> float:
     torch.manual_seed(config.seed)
     model = ElectraPretrainingModel(model_config).train()
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.peak_lr,
-                                  betas=(0.9, 0.999), eps=config.adam_epsilon)
+                                  betas=(0.9, 0.999), eps=config.adam_epsilon, fused=True)  # as the pipeline's
     order = SampleOrder([s["rows"] for s in manifest["shards"]], config.seed, config.shuffle_window)
     reader = ShardReader(data, manifest["shards"], manifest["seq_len"], model_config.pad_token_id)
     generator = torch.Generator()
