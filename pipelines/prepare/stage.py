@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import random
 import time
 import uuid
@@ -274,7 +275,8 @@ def process_split(split: Split, tokenizer, config: PrepareConfig, content_key: s
     sep_id = tokenizer.token_to_id(SEP)
     packer = SequencePacker(
         config.seq_len, tokenizer.token_to_id(CLS), sep_id,
-        random.Random(f"{config.seed}:{split.uri}:{split.split_index}"),
+        # Seeded by the file's name, not its whole URI: the same files give the same sequences wherever they are.
+        random.Random(f"{config.seed}:{posixpath.basename(split.uri)}:{split.split_index}"),
         config.single_segment_prob, config.short_seq_prob,
     )
     file_key = hashlib.sha256(f"{split.uri}|{content_key}".encode()).hexdigest()[:16]

@@ -202,6 +202,22 @@ def test_new_files_are_tokenized_alone_and_added_under_a_new_manifest(tmp_path):
     assert [run["files_added"] for run in second["runs"]] == [[old_entry["uri"]], [new_entry["uri"]]]
 
 
+def test_the_same_files_give_the_same_dataset_wherever_they_are(tmp_path):
+    """Tokenizer and packing depend on the input's content and names, not on where it lies (a pipeline
+    root elsewhere, another clone): the same dataset, so the same training."""
+    import shutil
+
+    (tmp_path / "a" / "in").mkdir(parents=True)
+    write_documents(tmp_path / "a" / "in" / "reviews.txt", [make_sentences(60, seed=seed) for seed in range(8)])
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    first, _ = prepare([tmp_path / "a" / "in"], tmp_path / "a" / "out", vocab_size=400)
+    second, _ = prepare([tmp_path / "b" / "in"], tmp_path / "b" / "out", vocab_size=400)
+    assert first["manifest"]["tokenizer"]["sha256"] == second["manifest"]["tokenizer"]["sha256"]
+    assert first["manifest"]["dataset_fingerprint"] == second["manifest"]["dataset_fingerprint"]
+    assert read_shards(str(tmp_path / "a" / "out"), first["manifest"]) == \
+        read_shards(str(tmp_path / "b" / "out"), second["manifest"])
+
+
 def test_relative_paths_name_the_callers_directory_not_the_actors(tmp_path, monkeypatch):
     """The tokenizer actors run where their Ray started (a cluster's directory; here the test session's), so
     relative --input and --output are resolved by the command. A manifest from before that, which records
