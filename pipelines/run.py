@@ -50,7 +50,8 @@ def run_pipeline(config_file: str | None, overrides: list[str] | None = None, ad
         prepare = prepare_config(sections["prepare"], pipeline, demo, where)
         prepared = run_prepare(prepare, address=address, log=log)
 
-        pretrain, up_to_date = plan_pretrain(sections["pretrain"], pipeline, prepare.output, prepared["manifest"], where)
+        pretrain, up_to_date = plan_pretrain(sections["pretrain"], pipeline, prepared["output"], prepared["manifest"],
+                                             where)
         if up_to_date:
             from pipelines.pretrain.stage import run_uri
 
@@ -70,7 +71,7 @@ def run_pipeline(config_file: str | None, overrides: list[str] | None = None, ad
 
         summary = {
             "root": pipeline.root,
-            "data": {"uri": prepare.output, "skipped": prepared["skipped"],
+            "data": {"uri": prepared["output"], "skipped": prepared["skipped"],
                      "sequences": prepared["manifest"]["counts"]["sequences"],
                      "dataset_fingerprint": prepared["manifest"]["dataset_fingerprint"]},
             "pretrain": {"run": pretrained["run"], "skipped": up_to_date, "steps": pretrained["steps"],
@@ -99,8 +100,7 @@ def prepare_config(values: dict[str, Any], pipeline: PipelineConfig, demo: dict 
         values.setdefault("inputs", [demo["corpus"]])
     if not values.get("inputs"):
         raise InputError(f"{where}: prepare.inputs is required (files, directories or globs of raw text)")
-    config = from_dict(PrepareConfig, values, where)
-    return dataclasses.replace(config, output=storage.absolute(config.output))
+    return from_dict(PrepareConfig, values, where)  # run_prepare makes its local paths absolute
 
 
 def plan_pretrain(values: dict[str, Any], pipeline: PipelineConfig, data: str, manifest: dict,

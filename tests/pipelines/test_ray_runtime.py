@@ -7,6 +7,17 @@ import pytest
 import ray
 
 
+def ray_process_details(detail) -> list:
+    """detail(process) for every process this test session's Ray started (GCS, raylet, agents, workers)."""
+    details = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            details.append(detail(process))
+        except psutil.Error:  # a process that ended meanwhile
+            continue
+    return details
+
+
 def is_loopback(ip: str) -> bool:
     address = ipaddress.ip_address(ip.split("%")[0])
     return (getattr(address, "ipv4_mapped", None) or address).is_loopback
@@ -20,13 +31,9 @@ def test_a_local_ray_listens_on_loopback_only():
 
     assert ray.get(ping.remote()) == "pong"  # a worker process is up as well
     assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
-    listening = []
-    for process in psutil.Process().children(recursive=True):  # GCS, raylet, agents, workers
-        try:
-            listening += [(process.name(), c.laddr) for c in process.net_connections(kind="inet")
-                          if c.status == psutil.CONN_LISTEN]
-        except psutil.Error:  # a process that ended meanwhile
-            continue
+    listening = [(process.name(), c.laddr)
+                 for process, connections in ray_process_details(lambda p: (p, p.net_connections(kind="inet")))
+                 for c in connections if c.status == psutil.CONN_LISTEN]
     assert listening, "no Ray process found listening"
     assert [entry for entry in listening if not is_loopback(entry[1].ip)] == []
 
@@ -90,12 +97,7 @@ def test_a_local_ray_keeps_no_idle_worker_processes_next_to_training():
     assert ray.get([work.remote() for _ in range(2)]) == [1, 1]
 
     def idle_workers():
-        titles = []
-        for process in psutil.Process().children(recursive=True):
-            try:
-                titles.append(" ".join(process.cmdline()))
-            except psutil.Error:  # ended meanwhile
-                continue
+        titles = ray_process_details(lambda process: " ".join(process.cmdline()))
         return [title for title in titles if title.startswith("ray::IDLE")]
 
     deadline = time.monotonic() + 20
