@@ -67,6 +67,16 @@ def ensure_ray(address: str | None = None, dashboard: bool = True) -> None:
         logger.info("local Ray dashboard: http://%s", context.dashboard_url)
 
 
+def release_ray() -> None:
+    """Stops the local Ray this process started, or leaves the cluster it joined; nothing if neither."""
+    global _local_without_dashboard
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    _local_without_dashboard = False
+
+
 def free_loopback_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -26,7 +26,7 @@ from electra_core.tokenizer import CLS, SEP, TOKENIZER_FILE, save_tokenizer, tra
 from pipelines.config import PrepareConfig, saved_dict, to_dict
 from pipelines.errors import InputError
 from pipelines.prepare import manifest as manifests
-from pipelines.prepare.encoding import encode_sentences
+from pipelines.prepare.encoding import SentenceEncoder
 from pipelines.prepare.packing import SequencePacker
 from pipelines.prepare.sources import (
     InputFile,
@@ -258,23 +258,20 @@ class SplitTokenizer:
         text = storage.read_bytes(uri)
         if hashlib.sha256(text).hexdigest() != tokenizer_sha:
             raise RuntimeError(f"{uri} changed while this run was using it")
-        self.tokenizer = Tokenizer.from_str(text.decode())
-        self.tokenizer.no_truncation()
-        self.tokenizer.no_padding()
+        self.encoder = SentenceEncoder(Tokenizer.from_str(text.decode()))
         self.content_key = content_key
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
-        results = [process_split(Split.from_json(str(text)), self.tokenizer, self.config, self.content_key)
+        results = [process_split(Split.from_json(str(text)), self.encoder, self.config, self.content_key)
                    for text in batch["split"]]
         return {"result": [json.dumps(result) for result in results]}
 
 
-def process_split(split: Split, tokenizer, config: PrepareConfig, content_key: str) -> dict:
+def process_split(split: Split, encoder: SentenceEncoder, config: PrepareConfig, content_key: str) -> dict:
     """Reads one split and writes its shards; errors are returned, not raised, so the run goes on."""
     stats = ReadStats()
-    sep_id = tokenizer.token_to_id(SEP)
     packer = SequencePacker(
-        config.seq_len, tokenizer.token_to_id(CLS), sep_id,
+        config.seq_len, encoder.tokenizer.token_to_id(CLS), encoder.sep_id,
         # Seeded by the file's name, not its whole URI: the same files give the same sequences wherever they are.
         random.Random(f"{config.seed}:{posixpath.basename(split.uri)}:{split.split_index}"),
         config.single_segment_prob, config.short_seq_prob,
@@ -287,11 +284,11 @@ def process_split(split: Split, tokenizer, config: PrepareConfig, content_key: s
         block = SentenceBlock()
         for batch in read_split_batches(split, config.documents, config.text_field, config.max_line_chars, stats):
             if block.add(*batch) >= TOKENIZE_BLOCK_CHARS:
-                block.pack(tokenizer, sep_id, packer)
+                block.pack(encoder, packer)
                 writer.add(*packer.take())
                 block = SentenceBlock()
         block.add([], [0])  # the split's last document ends here
-        block.pack(tokenizer, sep_id, packer)
+        block.pack(encoder, packer)
         writer.add(*packer.take())
         writer.flush(final=True)
     except Exception as failure:  # a corrupt or truncated file fails alone; the others carry on
@@ -318,9 +315,9 @@ class SentenceBlock:
         self.chars += sum(map(len, sentences))
         return self.chars
 
-    def pack(self, tokenizer, sep_id: int, packer: SequencePacker) -> None:
+    def pack(self, encoder: SentenceEncoder, packer: SequencePacker) -> None:
         """Tokenizes the block and feeds it, document by document, to the packer."""
-        ids, lengths = encode_sentences(tokenizer, self.sentences, sep_id)
+        ids, lengths = encoder.encode(self.sentences)
         sentence = token = 0
         # None: the sentences after the last document end, whose document goes on in the next block.
         for end in [*self.document_ends, None]:

@@ -341,6 +341,7 @@ def test_a_giant_line_without_newline_is_split_with_bounded_memory(tmp_path):
     import tracemalloc
 
     from pipelines.prepare.sources import InputFile, make_splits
+    from pipelines.prepare.encoding import SentenceEncoder
     from pipelines.prepare.stage import process_split
 
     rng = random.Random(0)
@@ -354,7 +355,7 @@ def test_a_giant_line_without_newline_is_split_with_bounded_memory(tmp_path):
     split = make_splits(0, InputFile(str(tmp_path / "giant.txt"), size, "x", "text", None), split_bytes=1 << 62)[0]
 
     tracemalloc.start()
-    result = process_split(split, tokenizer, config, content_key="test")
+    result = process_split(split, SentenceEncoder(tokenizer), config, content_key="test")
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
+from tokenizers import Tokenizer, normalizers
 
 import electra_core
 from pipelines.prepare import encoding
-from pipelines.prepare.encoding import encode_sentences
+from pipelines.prepare.encoding import SentenceEncoder
 from pipelines.prepare.packing import SequencePacker
 from tests.pipelines.conftest import make_sentences
 
@@ -22,21 +24,52 @@ def split_back(ids, lengths):
     return [ids[start:end].tolist() for start, end in zip(bounds[:-1], bounds[1:])]
 
 
-def test_chunked_encoding_gives_each_sentence_the_ids_it_gets_alone(monkeypatch):
+def with_normalizer(tokenizer, normalizer):
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.normalizer = normalizer
+    return copy
+
+
+@pytest.mark.parametrize("normalizer", ["bert uncased", "bert cased", "nfkc"])
+def test_chunked_encoding_gives_each_sentence_the_ids_it_gets_alone(monkeypatch, normalizer):
     sentences = make_sentences(3000, seed=1)
     tokenizer = electra_core.train_tokenizer(sentences, vocab_size=400)
-    sep = tokenizer.token_to_id("[SEP]")
-    # Hard cases among ordinary ones: special-token text, a sentence with no tokens at all, accents, CJK.
+    if normalizer == "bert cased":
+        tokenizer = with_normalizer(tokenizer, normalizers.BertNormalizer(lowercase=False, strip_accents=False))
+    elif normalizer == "nfkc":  # not BERT's: no printable-ASCII shortcut, the tokenizer is used as it is
+        tokenizer = with_normalizer(tokenizer, normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()]))
+    # Hard cases among ordinary ones: special-token text (exact and lowercased), a sentence with no tokens at
+    # all, control characters, a tab, upper case, accents, CJK, non-ASCII next to special-token text.
     sentences[10] = "the [SEP] token written out and [CLS] too"
     sentences[11] = "\x07\x08"
     sentences[12] = "Café naïve 東京 déjà-vu!!"
-    monkeypatch.setattr(encoding, "CHUNK_CHARS", 500)  # many chunks, one of them with a literal [SEP]
+    sentences[13] = "UPPER Case\tTab and DEL\x7f inside"
+    sentences[14] = "[sep] lower [cls] and ÉCOLE [SEP] ß"
+    sentences[15] = ""
+    sentences[16] = "Upper CASE In A Printable ASCII Sentence"
+    sentences[2000:2400] = [sentence.upper() + " ü" for sentence in sentences[2000:2400]]  # a run of non-ASCII
+    monkeypatch.setattr(encoding, "CHUNK_CHARS", 500)  # many chunks, some with a literal [SEP]
 
-    ids, lengths = encode_sentences(tokenizer, sentences, sep)
+    ids, lengths = SentenceEncoder(tokenizer).encode(sentences)
 
     assert ids.dtype == np.int32 and len(lengths) == len(sentences)
     assert split_back(ids, lengths) == one_by_one(tokenizer, sentences)
-    assert lengths[11] == 0
+    assert lengths[15] == 0
+    if normalizer.startswith("bert"):
+        assert lengths[11] == 0  # BERT's normaliser removes control characters
+
+
+@pytest.mark.parametrize("kind", ["all printable ASCII", "none printable ASCII", "empty"])
+def test_blocks_of_one_kind_of_sentence_encode_alike(kind):
+    sentences = make_sentences(300, seed=2)
+    tokenizer = electra_core.train_tokenizer(sentences, vocab_size=300)
+    sentences = {"all printable ASCII": sentences, "none printable ASCII": [s + " é" for s in sentences],
+                 "empty": []}[kind]
+
+    ids, lengths = SentenceEncoder(tokenizer).encode(sentences)
+
+    assert ids.dtype == np.int32
+    assert split_back(ids, lengths) == one_by_one(tokenizer, sentences)
 
 
 def test_packing_does_not_depend_on_how_the_sentences_were_grouped():
