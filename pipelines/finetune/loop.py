@@ -4,6 +4,7 @@ epoch, the best epoch kept. Rank 0 evaluates on the whole eval set and writes th
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import time
@@ -16,6 +17,10 @@ from electra_core import ElectraForSequenceClassification, load_tokenizer, save_
 from electra_core.modeling import takes_weight_decay
 from pipelines.config import FinetuneConfig, saved_dict
 from pipelines.finetune.metrics import classification_metrics, regression_metrics
+
+# Worker output through logging, not print: a print in a Ray 2.60 Train worker comes out twice (see
+# pipelines.pretrain.loop).
+logger = logging.getLogger(__name__)
 
 _LAYER = re.compile(r"electra\.encoder\.layer\.(\d+)\.")
 
@@ -146,9 +151,8 @@ def finetune_loop_per_worker(loop_config: dict) -> None:
             if record[metric_name] > best["value"]:
                 best = {"value": record[metric_name], "record": dict(record), "logits": logits,
                         "state": {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}}
-            print(f"epoch {epoch + 1}/{config.epochs}  train loss {record['train_loss']:.4f}  "
-                  + "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "train_loss", "seconds")),
-                  flush=True)
+            logger.info(f"epoch {epoch + 1}/{config.epochs}  train loss {record['train_loss']:.4f}  " + "  ".join(
+                f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "train_loss", "seconds")))
         ray.train.report(record)
 
     if rank == 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tempfile
 import time
 
@@ -24,6 +25,10 @@ from pipelines.prepare.manifest import load_committed_dataset
 from pipelines.pretrain import checkpoint as checkpoints
 from pipelines.pretrain.data import SampleOrder, ShardReader
 from pipelines.pretrain.metrics import MetricsLog, peak_flops, prior_loss, training_flops_per_token
+
+# What a worker tells the user goes through logging, not print: in a Ray 2.60 Train worker print() comes out
+# twice (Train's print patch logs it and, since Ray wraps the worker's stdout, also prints it), a log record once.
+logger = logging.getLogger(__name__)
 
 
 def derived_seed(*parts) -> int:
@@ -90,7 +95,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     run_uri = loop_config["run_uri"]
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    log = print if rank == 0 else (lambda *_: None)
+    log = logger.info if rank == 0 else (lambda *_: None)
     torch.set_num_threads(config.cpus_per_worker)
     device = torch.device("cuda", torch.cuda.current_device()) if config.gpus_per_worker else torch.device("cpu")
 
@@ -321,8 +326,7 @@ def save_checkpoint(engine, config: PretrainConfig, loop_config: dict, step: int
     )
     blocked = time.perf_counter() - started
     if rank == 0:
-        print(f"checkpoint at step {step}: training blocked {blocked:.2f} s (upload continues in the background)",
-              flush=True)
+        logger.info(f"checkpoint at step {step}: training blocked {blocked:.2f} s (upload continues in the background)")
         if metrics is not None:
             metrics.note(step, checkpoint_blocked_s=blocked)
     return blocked

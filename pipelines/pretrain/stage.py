@@ -78,8 +78,7 @@ def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) 
     storage_path, filesystem = ray_storage(config.storage)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"pretrain": to_dict(config), "model": to_dict(model_config), "run_uri": uri,
-},
+        train_loop_config={"pretrain": to_dict(config), "model": to_dict(model_config), "run_uri": uri},
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.workers,
             use_gpu=config.gpus_per_worker > 0,
