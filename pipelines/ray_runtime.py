@@ -67,6 +67,17 @@ def ensure_ray(address: str | None = None, dashboard: bool = True) -> None:
         logger.info("local Ray dashboard: http://%s", context.dashboard_url)
 
 
+def fit(trainer):
+    """trainer.fit() with Ray Train's print patch off (unless the user set RAY_TRAIN_ENABLE_PRINT_PATCH).
+
+    Ray Train 2.60 replaces print in its workers with one that logs the line and, since Ray wraps a worker's
+    stdout, also prints it: every print in a training worker (DeepSpeed's op loader, for one) reached the
+    terminal twice. Train hands the variable from the driver to its controller and workers.
+    """
+    with scoped_environment(RAY_TRAIN_ENABLE_PRINT_PATCH=os.environ.get("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")):
+        return trainer.fit()
+
+
 def release_ray() -> None:
     """Stops the local Ray this process started, or leaves the cluster it joined; nothing if neither."""
     global _local_without_dashboard

@@ -18,8 +18,7 @@ from electra_core.modeling import takes_weight_decay
 from pipelines.config import FinetuneConfig, saved_dict
 from pipelines.finetune.metrics import classification_metrics, regression_metrics
 
-# Worker output through logging, not print: a print in a Ray 2.60 Train worker comes out twice (see
-# pipelines.pretrain.loop).
+# Worker output goes through logging, as in pipelines.pretrain.loop.
 logger = logging.getLogger(__name__)
 
 _LAYER = re.compile(r"electra\.encoder\.layer\.(\d+)\.")

@@ -51,7 +51,7 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
         f"columns {train.columns}, {labels.num_labels} {'outputs' if labels.task_type == 'regression' else 'labels'}; "
         f"model {model_dir}")
 
-    from pipelines.ray_runtime import ensure_ray, ray_storage
+    from pipelines.ray_runtime import ensure_ray, fit, ray_storage
 
     ensure_ray(address)
     import ray.train
@@ -77,7 +77,7 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
         # Ray Train's own records of the run go under the output (no checkpoints are reported).
         run_config=ray.train.RunConfig(name="_ray", storage_path=storage_path, storage_filesystem=filesystem),
     )
-    trainer.fit()
+    fit(trainer)
     metrics = json.loads(storage.read_text(storage.join(config.output, "metrics.json")))
     log(f"electra finetune: best epoch {metrics['best_epoch']}, eval {metric} {metrics['value']:.4f} "
         f"in {time.perf_counter() - started:.0f} s -> {config.output}")

@@ -26,8 +26,8 @@ from pipelines.pretrain import checkpoint as checkpoints
 from pipelines.pretrain.data import SampleOrder, ShardReader
 from pipelines.pretrain.metrics import MetricsLog, peak_flops, prior_loss, training_flops_per_token
 
-# What a worker tells the user goes through logging, not print: in a Ray 2.60 Train worker print() comes out
-# twice (Train's print patch logs it and, since Ray wraps the worker's stdout, also prints it), a log record once.
+# What a worker tells the user goes through logging: Ray Train sends a worker's log records to the terminal and to
+# its worker log files. (A print came out twice under Train's print patch; see pipelines.ray_runtime.fit.)
 logger = logging.getLogger(__name__)
 
 

@@ -61,7 +61,7 @@ class MetricsLog:
 
     def log(self, record: dict) -> None:
         self.records.append(record)
-        logger.info(progress_line(record))  # once: see the note on print in pipelines.pretrain.loop
+        logger.info(progress_line(record))
         if self.mlflow is not None:
             numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
             self.mlflow.log_metrics(numbers, step=record["step"])

@@ -67,7 +67,7 @@ def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) 
     if existing:
         log(f"electra pretrain: {uri} has {len(existing)} checkpoints; resuming from the newest good one")
 
-    from pipelines.ray_runtime import ensure_ray, ray_storage
+    from pipelines.ray_runtime import ensure_ray, fit, ray_storage
 
     ensure_ray(address)
     import ray.train
@@ -97,7 +97,7 @@ def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) 
         f"global batch {config.global_batch_size} = {config.micro_batch_size} x {config.workers} workers x "
         f"{config.gradient_accumulation_steps} accumulation, {config.max_steps} steps, ZeRO-{config.zero_stage}, "
         f"{config.resolved_precision} -> {uri}")
-    trainer.fit()
+    fit(trainer)
     if config.stop_at_step is not None and config.stop_at_step < config.max_steps:
         log(f"electra pretrain: stopped at step {config.stop_at_step}; checkpoints in {uri}")
         return {"run": uri, "stopped_at": config.stop_at_step}

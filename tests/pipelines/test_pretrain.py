@@ -199,7 +199,7 @@ def test_rerunning_after_the_driver_was_killed_resumes_from_the_last_checkpoint(
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     assert "resuming from the newest good one" in rerun.stdout
     assert f"at step {taken.step} (written by 2 workers" in rerun.stdout + rerun.stderr
-    # One progress line per logged step (print() in a Ray Train worker came out twice).
+    # One progress line per logged step (a print in a Ray Train worker came out twice).
     assert len(re.findall(r"step +40 +loss", rerun.stdout + rerun.stderr)) == 1
     assert json.loads((tmp_path / "driver" / "result.json").read_text())["final_metrics"]["step"] == 40
 

@@ -104,3 +104,31 @@ def test_a_local_ray_keeps_no_idle_worker_processes_next_to_training():
     while idle_workers() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert idle_workers() == []
+
+
+TRAIN_FUNCTION_PRINTS = """
+import sys
+import ray.train
+from ray.train.torch import TorchTrainer
+from pipelines.ray_runtime import ensure_ray, fit
+
+def train_function():
+    print("a line printed by the training function")
+
+ensure_ray(sys.argv[1])
+fit(TorchTrainer(train_function, scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1})))
+"""
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_line_printed_in_a_training_worker_reaches_the_terminal_once(tmp_path):
+    """Ray Train's print patch printed every worker print twice (DeepSpeed's op loader's line, for one)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "RAY_TRAIN_ENABLE_PRINT_PATCH"}
+    done = subprocess.run([sys.executable, "-c", TRAIN_FUNCTION_PRINTS, ray.get_runtime_context().gcs_address],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (done.stdout + done.stderr).count("a line printed by the training function") == 1
