@@ -43,7 +43,7 @@ class SentenceEncoder:
         """(ids of all sentences back to back as int32, each sentence's number of ids)."""
         if self.ascii_tokenizer is None:
             return self._encode_in_chunks(self.tokenizer, sentences)
-        plain = [sentence.isascii() and sentence.isprintable() for sentence in sentences]
+        plain = [_printable_ascii(sentence) for sentence in sentences]
         if all(plain):
             return self._encode_in_chunks(self.ascii_tokenizer, sentences)
         if not any(plain):
@@ -75,15 +75,23 @@ def ascii_equivalent(tokenizer: Tokenizer) -> Tokenizer | None:
     """A copy of `tokenizer` giving the same ids on printable ASCII with less work, or None if there is none.
 
     Only for BERT's normaliser, whose every step but lowercasing leaves printable ASCII as it is; a
-    tokenizer with another normaliser is used as it is for all text.
+    tokenizer with another normaliser is used as it is for all text. So is one with an added token that is
+    matched after normalisation and is not itself printable ASCII ("Café" matches "cafe" only after BERT's
+    accent stripping).
     """
     spec = json.loads(tokenizer.to_str())
     normalizer = spec.get("normalizer") or {}
     if normalizer.get("type") != "BertNormalizer":
         return None
+    if any(token.get("normalized") and not _printable_ascii(token["content"]) for token in spec["added_tokens"]):
+        return None
     copy = Tokenizer.from_str(json.dumps(spec))
     copy.normalizer = normalizers.Lowercase() if normalizer.get("lowercase") else None
     return copy
+
+
+def _printable_ascii(text: str) -> bool:
+    return text.isascii() and text.isprintable()
 
 
 def _interleave(first_mask: np.ndarray, first: tuple[np.ndarray, list[int]],

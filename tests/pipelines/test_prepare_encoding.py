@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, normalizers
+from tokenizers import AddedToken, Tokenizer, normalizers
 
 import electra_core
 from pipelines.prepare import encoding
@@ -57,6 +57,19 @@ def test_chunked_encoding_gives_each_sentence_the_ids_it_gets_alone(monkeypatch,
     assert lengths[15] == 0
     if normalizer.startswith("bert"):
         assert lengths[11] == 0  # BERT's normaliser removes control characters
+
+
+def test_an_added_token_matched_after_normalisation_keeps_its_matches():
+    """An added "Café" (normalised) matches "cafe" once BERT's normaliser strips the accent; a lowercase-only
+    normaliser for ASCII sentences would lose that match (it did before this was guarded)."""
+    sentences = make_sentences(300, seed=3)
+    tokenizer = electra_core.train_tokenizer(sentences, vocab_size=300)
+    tokenizer.add_tokens([AddedToken("Café", normalized=True), AddedToken("QUIET", normalized=True)])
+    sentences = ["the cafe was naive", "Café and QUIET", "CAFE quiet", *sentences[:50]]
+
+    ids, lengths = SentenceEncoder(tokenizer).encode(sentences)
+
+    assert split_back(ids, lengths) == one_by_one(tokenizer, sentences)
 
 
 @pytest.mark.parametrize("kind", ["all printable ASCII", "none printable ASCII", "empty"])
