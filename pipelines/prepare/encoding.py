@@ -79,13 +79,14 @@ def ascii_equivalent(tokenizer: Tokenizer) -> Tokenizer | None:
     matched after normalisation and is not itself printable ASCII ("Café" matches "cafe" only after BERT's
     accent stripping).
     """
-    spec = json.loads(tokenizer.to_str())
+    text = tokenizer.to_str()
+    spec = json.loads(text)
     normalizer = spec.get("normalizer") or {}
     if normalizer.get("type") != "BertNormalizer":
         return None
     if any(token.get("normalized") and not _printable_ascii(token["content"]) for token in spec["added_tokens"]):
         return None
-    copy = Tokenizer.from_str(json.dumps(spec))
+    copy = Tokenizer.from_str(text)
     copy.normalizer = normalizers.Lowercase() if normalizer.get("lowercase") else None
     return copy
 

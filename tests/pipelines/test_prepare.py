@@ -340,8 +340,8 @@ def test_a_giant_line_without_newline_is_split_with_bounded_memory(tmp_path):
     import random
     import tracemalloc
 
-    from pipelines.prepare.sources import InputFile, make_splits
     from pipelines.prepare.encoding import SentenceEncoder
+    from pipelines.prepare.sources import InputFile, make_splits
     from pipelines.prepare.stage import process_split
 
     rng = random.Random(0)
