@@ -6,7 +6,12 @@ Python process with torch only. Figures are tokens/s after the first log window 
 the seconds each checkpoint blocks training (gather + local write; the upload runs in the background),
 with the run's storage on a local disk and on an S3 endpoint (moto's server on 127.0.0.1, started here).
 
-    python benchmarks/train_overhead.py [--preset small] [--batch 16] [--seq-len 128] [--steps 40] [--threads 2]
+Threads: by default every core but one, as a Ray node runs: Ray's own processes (GCS, raylet, agents, Train's
+controller) keep a core, and the worker reserves the rest (`--cpus-per-worker`). `--threads` set to every core
+shows what those processes cost a loop that needs all of them: the plain loop beside an idle local Ray is
+printed too.
+
+    python benchmarks/train_overhead.py [--preset small] [--batch 16] [--seq-len 128] [--steps 40] [--threads N]
 """
 
 from __future__ import annotations
@@ -90,6 +95,16 @@ def plain_loop(data: str, args) -> float:
     return tokens / (time.perf_counter() - started)
 
 
+def plain_loop_beside_idle_ray(data: str, args) -> float:
+    from pipelines.ray_runtime import ensure_ray, release_ray
+
+    ensure_ray()
+    try:
+        return plain_loop(data, args)
+    finally:
+        release_ray()
+
+
 def pipeline_run(data: str, storage_uri: str, name: str, args, env: dict, checkpoint_every: int) -> dict:
     command = [str(Path(sys.executable).with_name("electra")), "pretrain", "--data", data, "--storage", storage_uri,
                "--name", name, "--preset", args.preset, "--workers", "1", "--cpus-per-worker", str(args.threads),
@@ -120,7 +135,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--log-every", type=int, default=4)
     parser.add_argument("--checkpoint-every", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     parser.add_argument("--zero-stage", type=int, default=2)
     args = parser.parse_args()
 
@@ -161,6 +176,8 @@ def main() -> None:
         print(f"electra pretrain (checkpoint at the end only): {bare_runs[1]['tokens_per_s']:,.0f} tokens/s", flush=True)
         plain_runs.append(plain_loop(data, args))
         print(f"plain loop: {plain_runs[1]:,.0f} tokens/s", flush=True)
+        beside_ray = plain_loop_beside_idle_ray(data, args)
+        print(f"plain loop beside an idle local Ray: {beside_ray:,.0f} tokens/s", flush=True)
         plain = max(plain_runs)
         bare_speeds = [run["tokens_per_s"] for run in bare_runs]
 
@@ -173,6 +190,10 @@ def main() -> None:
         print(f"{'electra pretrain, best of 2':>34} {max(bare_speeds):10,.0f} {max(bare_speeds) / plain:6.2f}   "
               f"(target >= 0.9; no checkpoint in the timed steps; runs: {runs(bare_speeds)}; ratio of the means "
               f"{sum(bare_speeds) / sum(plain_runs):.2f})")
+        # The same plain loop with a local Ray (as `electra pretrain` starts it) idle beside it: Ray's processes
+        # wake ~700 times a second, which costs a loop that keeps every core busy (not one that leaves a core).
+        print(f"{'plain loop beside an idle Ray':>34} {beside_ray:10,.0f} {beside_ray / plain:6.2f}   "
+              "(Ray's node processes alone, no Ray Train)")
         print(f"{'electra pretrain, 1 worker (local)':>34} {local['tokens_per_s']:10,.0f} "
               f"{local['tokens_per_s'] / plain:6.2f}   ({every}, ~{checkpoint_megabytes(work / 'runs' / 'local'):,.0f} MB each)")
         # The S3 endpoint here is moto's server in this process, on the same two cores as training: it takes

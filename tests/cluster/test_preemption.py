@@ -31,6 +31,7 @@ CHECKPOINT_EVERY = 250  # the run's own checkpoints: steps 250 and 300; a notice
 def test_a_preemption_notice_saves_a_checkpoint_before_the_node_goes(tmp_path):
     root = Path(tempfile.mkdtemp(prefix="rayp-", dir="/tmp"))
     cluster, head = start_head(root)
+    driver = None
     try:
         # Train's watcher asks Ray for draining nodes every 5 s; every half second here keeps the run short.
         env = cluster.subprocess_env(RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S="0.5")
@@ -68,6 +69,8 @@ def test_a_preemption_notice_saves_a_checkpoint_before_the_node_goes(tmp_path):
         assert driver.wait(timeout=600) == 0, "".join(lines)[-4000:]
         reader.join(timeout=10)
     finally:
+        if driver is not None and driver.poll() is None:  # a failed wait above: the run is not left behind
+            driver.kill()
         stop_head(head)
         shutil.rmtree(root, ignore_errors=True)
 
