@@ -177,7 +177,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                    (done - data_start) * config.global_batch_size / order.num_samples)
             if metrics is not None:
                 metrics.log(record)
-            preempted = ray.train.get_preemption_info() is not None
+            preempted = on_every_rank_if_on_any(ray.train.get_preemption_info() is not None, world_size)
             if preempted and not preemption_saved and done % config.checkpoint_every:
                 log(f"preemption notice: saving a checkpoint at step {done} before the node goes")
                 window.started += save_checkpoint(engine, config, loop_config, done, data_start, world_size,
@@ -209,6 +209,24 @@ def data_segment_start(trainer_state: dict, step: int, manifest: dict, log) -> i
     log(f"the dataset changed since step {step} (fingerprint {trainer_state['dataset_fingerprint']} -> "
         f"{manifest['dataset_fingerprint']}): continuing from the checkpoint on the new data from its first sample")
     return step
+
+
+def collective_device() -> str:
+    import torch.distributed as dist
+
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"
+
+
+def on_every_rank_if_on_any(flag: bool, world_size: int) -> bool:
+    """True on every rank when true on any. Ray fans a preemption notice out to each worker separately, so
+    ranks can see it a step apart; a checkpoint is a collective, and all ranks must start it at the same step."""
+    import torch.distributed as dist
+
+    if world_size == 1 or not dist.is_initialized():
+        return flag
+    seen = torch.tensor([int(flag)], dtype=torch.int32, device=collective_device())
+    dist.all_reduce(seen, op=dist.ReduceOp.MAX)
+    return bool(seen.item())
 
 
 def _generator_config(config: PretrainConfig, model_config: ElectraConfig) -> ElectraConfig | None:
@@ -248,8 +266,7 @@ class _Window:
         elapsed = time.perf_counter() - self.started
         totals = torch.tensor([float(self.tokens), self.samples], dtype=torch.float64)
         if dist.is_initialized() and world_size > 1:
-            backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-            totals = totals.to(backend_device)
+            totals = totals.to(collective_device())
             dist.all_reduce(totals)
         tokens, samples = totals.cpu().tolist()
         record = {

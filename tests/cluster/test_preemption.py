@@ -1,8 +1,8 @@
 """A preemption notice from Ray makes `electra pretrain` save a checkpoint before the node goes.
 
 Ray 2.60 tells a training run that its node will be taken away when the node is drained with reason
-preemption (what KubeRay's and the cloud autoscalers' spot handling do; `ray drain-node` is the same request by
-hand). The notice is a drain of the only node of a cluster, so this test has a head of its own: the session's
+preemption (what a node does itself when its `ray start --block` gets SIGTERM, as from Kubernetes deleting the
+pod; `ray drain-node` is the same request by hand). The notice is a drain of the only node of a cluster, so this test has a head of its own: the session's
 head and local Ray are shared by other tests, and a draining node takes no new work.
 """
 
@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
