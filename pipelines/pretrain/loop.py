@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from electra_core import ElectraConfig, ElectraPretrainingModel, storage
 from electra_core.modeling import takes_weight_decay
@@ -212,16 +213,12 @@ def data_segment_start(trainer_state: dict, step: int, manifest: dict, log) -> i
 
 
 def collective_device() -> str:
-    import torch.distributed as dist
-
     return "cuda" if dist.get_backend() == "nccl" else "cpu"
 
 
 def on_every_rank_if_on_any(flag: bool, world_size: int) -> bool:
     """True on every rank when true on any. Ray fans a preemption notice out to each worker separately, so
     ranks can see it a step apart; a checkpoint is a collective, and all ranks must start it at the same step."""
-    import torch.distributed as dist
-
     if world_size == 1 or not dist.is_initialized():
         return flag
     seen = torch.tensor([int(flag)], dtype=torch.int32, device=collective_device())
@@ -261,8 +258,6 @@ class _Window:
 
     def record(self, step: int, lr: float, grad_norm: float | None, world_size: int, flops_per_token: float,
                peak: float | None, epoch: float) -> dict:
-        import torch.distributed as dist
-
         elapsed = time.perf_counter() - self.started
         totals = torch.tensor([float(self.tokens), self.samples], dtype=torch.float64)
         if dist.is_initialized() and world_size > 1:

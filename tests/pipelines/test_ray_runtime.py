@@ -1,6 +1,10 @@
 """A local run's Ray is reachable from this machine only."""
 
 import ipaddress
+import os
+import subprocess
+import sys
+import time
 
 import psutil
 import pytest
@@ -42,8 +46,6 @@ def test_a_local_ray_listens_on_loopback_only():
 def test_ray_processes_find_their_own_state_api_even_with_another_ray_on_the_machine():
     """Ray Train's placement-group cleaner auto-detects the State API; with another Ray on the machine that
     picked the other one and killed a live run. Every process of our Ray is pinned to its own dashboard."""
-    import os
-
     from ray.util.state import list_actors
 
     @ray.remote
@@ -65,8 +67,6 @@ def test_ray_processes_find_their_own_state_api_even_with_another_ray_on_the_mac
 def test_a_local_ray_started_without_dashboard_is_restarted_with_one_for_ray_train():
     """`electra prepare` starts a local Ray without the dashboard; in `electra run`, pretraining follows in
     the same process and needs the dashboard (see above), so asking for it restarts that Ray."""
-    import os
-
     from pipelines.ray_runtime import ensure_ray
 
     @ray.remote
@@ -88,8 +88,6 @@ def test_a_local_ray_started_without_dashboard_is_restarted_with_one_for_ray_tra
 @pytest.mark.usefixtures("local_ray")
 def test_a_local_ray_keeps_no_idle_worker_processes_next_to_training():
     """Idle Ray workers slowed a 2-core training loop by 8%; the local Ray keeps none once work is done."""
-    import time
-
     @ray.remote(num_cpus=1)
     def work():
         return 1
@@ -123,10 +121,6 @@ fit(TorchTrainer(train_function, scaling_config=ray.train.ScalingConfig(num_work
 @pytest.mark.usefixtures("local_ray")
 def test_a_line_printed_in_a_training_worker_reaches_the_terminal_once(tmp_path):
     """Ray Train's print patch printed every worker print twice (DeepSpeed's op loader's line, for one)."""
-    import os
-    import subprocess
-    import sys
-
     env = {key: value for key, value in os.environ.items() if key != "RAY_TRAIN_ENABLE_PRINT_PATCH"}
     done = subprocess.run([sys.executable, "-c", TRAIN_FUNCTION_PRINTS, ray.get_runtime_context().gcs_address],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
