@@ -95,9 +95,10 @@ def corrupted_batch(model: ElectraPretrainingModel, batch: dict, rng: torch.Gene
     `noise` (log-probabilities over the vocabulary) replacements come from that fixed distribution instead."""
     config = model.config
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-    selected = masking.select_positions(input_ids, attention_mask, config.special_token_ids, config.mask_prob, rng)
-    generator_input = masking.corrupt_selected(input_ids, selected, config.mask_token_id, config.vocab_size,
-                                               config.mask_token_share, 0.0, generator=rng)
+    slots = masking.select_slots(input_ids, attention_mask, config.special_token_ids, config.mask_prob,
+                                 masking.max_predictions_per_seq(input_ids.shape[1], config.mask_prob), rng)
+    generator_input = masking.corrupt_slots(input_ids, slots, config.mask_token_id, config.mask_token_share, rng)
+    selected = slots.selected(input_ids.shape[1])
     positions = selected.nonzero(as_tuple=True)
     if noise is None:
         hidden = model.generator.electra(generator_input, attention_mask, batch["token_type_ids"])

@@ -42,10 +42,10 @@ def build_transformers(config: ElectraConfig):
     model = torch.nn.ModuleDict({"generator": generator, "discriminator": discriminator}).train()
 
     def step(input_ids, attention_mask, rng):
-        selected = masking.select_positions(input_ids, attention_mask, config.special_token_ids, config.mask_prob, rng)
-        generator_input = masking.corrupt_selected(
-            input_ids, selected, config.mask_token_id, config.vocab_size, config.mask_token_share, generator=rng
-        )
+        slots = masking.select_slots(input_ids, attention_mask, config.special_token_ids, config.mask_prob,
+                                     masking.max_predictions_per_seq(input_ids.shape[1], config.mask_prob), rng)
+        generator_input = masking.corrupt_slots(input_ids, slots, config.mask_token_id, config.mask_token_share, rng)
+        selected = slots.selected(input_ids.shape[1])
         labels = masking.mlm_labels(input_ids, selected)
         generated = generator(input_ids=generator_input, attention_mask=attention_mask, labels=labels)
         with torch.no_grad():

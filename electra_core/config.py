@@ -92,7 +92,10 @@ class ElectraConfig:
     mask_prob: float = 0.15
     """Share of maskable tokens selected in each sequence (15%, 25% for Large)."""
     mask_token_share: float = 0.85
-    """ELECTRA: share of selected positions shown to the generator as [MASK]; the rest keep their token."""
+    """Share of selected positions shown to the generator (or the masked LM) as [MASK]; the rest keep their
+    token. 0.85 as the reference implementation, for its ELECTRA and its BERT objective alike."""
+    max_predictions_per_seq: int | None = None
+    """Prediction slots per sequence; None: the reference's int((mask_prob + 0.005) * sequence length)."""
     disc_loss_weight: float = 50.0
     """Lambda: weight of the discriminator loss against the generator's MLM loss."""
     sampling_temperature: float = 1.0
@@ -123,6 +126,9 @@ class ElectraConfig:
         if not 0.0 < self.generator_size_fraction <= 1.0:
             raise ValueError("ElectraConfig.generator_size_fraction must be in (0, 1], "
                              f"got {self.generator_size_fraction!r}")
+        if self.max_predictions_per_seq is not None and self.max_predictions_per_seq < 1:
+            raise ValueError(f"ElectraConfig.max_predictions_per_seq must be positive or None, "
+                             f"got {self.max_predictions_per_seq!r}")
         if self.sampling_temperature <= 0.0:
             raise ValueError(f"ElectraConfig.sampling_temperature must be > 0, got {self.sampling_temperature!r}")
         if self.problem_type not in PROBLEM_TYPES:

@@ -1,5 +1,12 @@
 """Dynamic masking and sampling for ELECTRA and masked-LM pretraining: pure functions of their inputs.
 
+Masking follows the reference implementation (google-research/electra, pretrain/pretrain_helpers.py `mask`):
+each sequence has a fixed number of prediction slots, `max_predictions_per_seq`; of them,
+round(mask_prob x non-pad tokens) are used (at least one), their positions drawn uniformly *with replacement*
+among the maskable tokens (not special, not pad), and the rest carry weight 0. Fixed shapes keep the step free
+of data-dependent sizes and host round-trips. A position drawn twice is corrupted once and counted twice in the
+masked-LM loss, as in the reference.
+
 Every random draw goes through the `generator` argument (a torch.Generator on the tensors' device, or None
 for torch's global RNG), so a run seeded by (seed, step, rank) masks the same way after a restart.
 """
@@ -7,60 +14,84 @@ for torch's global RNG), so a run seeded by (seed, step, rank) masks the same wa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-# BERT's corruption of selected positions: 80% [MASK], 10% a random token, 10% unchanged.
-BERT_MASK_SHARE = 0.8
-BERT_RANDOM_SHARE = 0.1
+
+def max_predictions_per_seq(seq_len: int, mask_prob: float) -> int:
+    """The reference's slot count: int((mask_prob + 0.005) * seq_len), at least one."""
+    return max(1, int((mask_prob + 0.005) * seq_len))
 
 
-def select_positions(
+@dataclass
+class MaskedSlots:
+    """The prediction slots of a batch, each (batch, slots)."""
+
+    positions: torch.Tensor
+    """Position of each slot in its sequence; unused slots point at 0 ([CLS]) and have weight 0."""
+    weights: torch.Tensor
+    """1.0 for a used slot, 0.0 for an unused one: the masked-LM loss is the weighted mean over slots."""
+    first: torch.Tensor
+    """Used and the first slot of its position: where a corruption or a sample is written (once per position)."""
+
+    def write(self, input_ids: torch.Tensor, values: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+        """A copy of input_ids with `values` (batch, slots) written at the slots' positions, once per position
+        (slots that are unused, repeated or outside `where` write nothing)."""
+        batch, seq_len = input_ids.shape
+        keep = self.first if where is None else self.first & where
+        # Slots that write nothing go to an extra column that is dropped: scatter indices stay unique.
+        index = torch.where(keep, self.positions, seq_len)
+        padded = torch.cat((input_ids, input_ids.new_zeros(batch, 1)), dim=1)
+        return padded.scatter(1, index, values.to(input_ids.dtype))[:, :seq_len]
+
+    def selected(self, seq_len: int) -> torch.Tensor:
+        """Boolean (batch, seq_len): positions that at least one used slot points at."""
+        batch = self.positions.shape[0]
+        index = torch.where(self.first, self.positions, seq_len)
+        marks = torch.zeros(batch, seq_len + 1, dtype=torch.bool, device=self.positions.device)
+        return marks.scatter(1, index, True)[:, :seq_len]
+
+
+def select_slots(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    special_token_ids: Sequence[int],
+    special_token_ids: Sequence[int] | torch.Tensor,
     mask_prob: float,
+    max_predictions: int,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Boolean (batch, seq): which positions the model must predict.
-
-    Each sequence gets round(mask_prob * maskable tokens) positions (at least one when it has any), drawn
-    uniformly without replacement as in the reference implementation; special and pad tokens are never
-    selected. A fixed count per sequence keeps the loss scale steady across batches.
-    """
-    special = torch.tensor(list(special_token_ids), device=input_ids.device)
+) -> MaskedSlots:
+    """Draws the prediction slots of a batch: round(mask_prob x non-pad tokens) used slots per sequence (at
+    least one, at most max_predictions), positions uniform with replacement over maskable tokens."""
+    special = torch.as_tensor(special_token_ids, device=input_ids.device)
     maskable = attention_mask.bool() & ~torch.isin(input_ids, special)
-    maskable_count = maskable.sum(dim=1)
-    to_select = (maskable_count.float() * mask_prob).round().long().clamp(min=1).minimum(maskable_count)
-    # Rank random scores per row; non-maskable positions get a score above any draw so they rank last.
-    scores = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
-    scores = scores.masked_fill(~maskable, 2.0)
-    ranks = scores.argsort(dim=1).argsort(dim=1)
-    return ranks < to_select[:, None]
+    counts = maskable.sum(dim=1, keepdim=True)  # (batch, 1) maskable tokens per sequence
+    # As the reference: the number to predict counts every non-pad token, [CLS] and [SEP] included.
+    to_predict = (attention_mask.sum(dim=1).float() * mask_prob).round().long().clamp(1, max_predictions)
+    slot = torch.arange(max_predictions, device=input_ids.device)
+    used = (slot[None, :] < to_predict[:, None]) & (counts > 0)
+    # Uniform with replacement: the k-th maskable token (k uniform in 1..count) via the running count.
+    draws = torch.rand(input_ids.shape[0], max_predictions, generator=generator, device=input_ids.device)
+    k = (draws * counts).long().clamp(max=counts.clamp(min=1) - 1) + 1
+    positions = torch.searchsorted(maskable.long().cumsum(dim=1), k).clamp(max=input_ids.shape[1] - 1)
+    positions = torch.where(used, positions, 0)
+    earlier = torch.ones(max_predictions, max_predictions, dtype=torch.bool, device=input_ids.device).tril(-1)
+    repeated = ((positions[:, :, None] == positions[:, None, :]) & used[:, None, :] & earlier).any(dim=2)
+    return MaskedSlots(positions=positions, weights=used.float(), first=used & ~repeated)
 
 
-def corrupt_selected(
+def corrupt_slots(
     input_ids: torch.Tensor,
-    selected: torch.Tensor,
+    slots: MaskedSlots,
     mask_token_id: int,
-    vocab_size: int,
     mask_share: float,
-    random_share: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """A copy of input_ids where selected positions become [MASK] (share mask_share), a uniformly random
-    token (share random_share) or stay as they are (the rest). Unselected positions are unchanged."""
-    if not 0.0 <= mask_share + random_share <= 1.0:
-        raise ValueError(f"mask_share + random_share must be in [0, 1], got {mask_share} + {random_share}")
-    draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
-    corrupted = input_ids.masked_fill(selected & (draw < mask_share), mask_token_id)
-    if random_share > 0.0:
-        use_random = selected & (draw >= mask_share) & (draw < mask_share + random_share)
-        random_tokens = torch.randint(
-            vocab_size, input_ids.shape, generator=generator, device=input_ids.device, dtype=input_ids.dtype
-        )
-        corrupted = torch.where(use_random, random_tokens, corrupted)
-    return corrupted
+    """The generator's input: a used slot's position becomes [MASK] with probability mask_share and otherwise
+    keeps its token (the reference's 85% / 15%, for ELECTRA and for its BERT objective alike)."""
+    draw = torch.rand(slots.positions.shape, generator=generator, device=input_ids.device)
+    masks = torch.full_like(slots.positions, mask_token_id)
+    return slots.write(input_ids, masks, where=draw < mask_share)
 
 
 def sample_tokens(

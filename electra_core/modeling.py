@@ -398,7 +398,8 @@ class PretrainingOutput:
     discriminator_loss: torch.Tensor | None = None
     discriminator_accuracy: torch.Tensor | None = None
     replaced_fraction: torch.Tensor | None = None
-    masked_tokens: int = 0
+    masked_tokens: torch.Tensor | None = None
+    """Used prediction slots in the batch (a position drawn twice counts twice, as in the loss)."""
 
     STATISTICS = ("loss", "generator_loss", "generator_accuracy", "discriminator_loss", "discriminator_accuracy",
                   "replaced_fraction")
@@ -412,7 +413,8 @@ class PretrainingOutput:
     def metrics(self) -> dict[str, float]:
         """Python floats of every statistic that is set (one device sync)."""
         names, values = self.statistics()
-        return {**dict(zip(names, values.tolist())), "masked_tokens": self.masked_tokens}
+        masked = int(self.masked_tokens.item()) if self.masked_tokens is not None else 0
+        return {**dict(zip(names, values.tolist())), "masked_tokens": masked}
 
 
 class ElectraPretrainingModel(nn.Module):
@@ -421,7 +423,7 @@ class ElectraPretrainingModel(nn.Module):
     electra: a small generator fills masked positions with sampled tokens, the discriminator labels every
     non-pad token original/replaced; loss = generator MLM loss + disc_loss_weight * discriminator loss.
     Generator and discriminator share the embedding module (token, position, type, LayerNorm).
-    mlm: one discriminator-sized ElectraForMaskedLM, trained on 80% [MASK] / 10% random / 10% kept.
+    mlm: one discriminator-sized ElectraForMaskedLM with the same masking (the reference's BERT objective).
     """
 
     def __init__(
@@ -459,44 +461,45 @@ class ElectraPretrainingModel(nn.Module):
         config = self.config
         if attention_mask is None:
             attention_mask = (input_ids != config.pad_token_id).long()
-        selected = masking.select_positions(
-            input_ids, attention_mask, config.special_token_ids, config.mask_prob, generator=rng
-        )
-        if config.objective == "mlm":
-            mask_share, random_share = masking.BERT_MASK_SHARE, masking.BERT_RANDOM_SHARE
-        else:
-            mask_share, random_share = config.mask_token_share, 0.0
-        generator_input = masking.corrupt_selected(
-            input_ids, selected, config.mask_token_id, config.vocab_size, mask_share, random_share, generator=rng
-        )
+        max_predictions = config.max_predictions_per_seq or masking.max_predictions_per_seq(
+            input_ids.shape[1], config.mask_prob)
+        slots = masking.select_slots(input_ids, attention_mask, config.special_token_ids, config.mask_prob,
+                                     max_predictions, generator=rng)
+        generator_input = masking.corrupt_slots(input_ids, slots, config.mask_token_id, config.mask_token_share,
+                                                generator=rng)
 
-        # Generator: vocabulary logits only where a prediction is needed.
-        positions = selected.nonzero(as_tuple=True)
-        targets = input_ids[positions]
+        # Generator: vocabulary logits only at the prediction slots, a weighted mean over the used ones.
+        targets = input_ids.gather(1, slots.positions)
         hidden = self.generator.electra(generator_input, attention_mask, token_type_ids)
-        logits = self.generator.vocabulary_logits(hidden[positions])
-        generator_loss = F.cross_entropy(logits.float(), targets)
+        slot_hidden = hidden.gather(1, slots.positions[..., None].expand(-1, -1, hidden.shape[-1]))
+        logits = self.generator.vocabulary_logits(slot_hidden)
+        masked_tokens = slots.weights.sum()
+        losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+        generator_loss = (losses * slots.weights.flatten()).sum() / masked_tokens.clamp(min=1.0)
         with torch.no_grad():
-            generator_accuracy = (logits.argmax(-1) == targets).float().mean()
+            hits = (logits.argmax(-1) == targets).float() * slots.weights
+            generator_accuracy = hits.sum() / masked_tokens.clamp(min=1.0)
         if self.discriminator is None:
-            return PretrainingOutput(generator_loss, generator_loss, generator_accuracy,
-                                     masked_tokens=targets.numel())
+            return PretrainingOutput(generator_loss, generator_loss, generator_accuracy, masked_tokens=masked_tokens)
 
-        # Discriminator: every selected position gets a token sampled from the generator (no gradient
-        # flows through the sample); a sample equal to the original counts as original.
+        # Discriminator: each selected position gets a token sampled from the generator (no gradient flows
+        # through the sample); a sample equal to the original counts as original.
         with torch.no_grad():
             sampled = masking.sample_tokens(logits.detach(), config.sampling_temperature, generator=rng)
-            discriminator_input = input_ids.index_put(positions, sampled)
+            discriminator_input = slots.write(input_ids, sampled)
             is_replaced = (discriminator_input != input_ids).float()
         disc_logits = self.discriminator.discriminator_predictions(
             self.discriminator.electra(discriminator_input, attention_mask, token_type_ids)
         )
-        active = attention_mask.bool()
-        active_logits, active_labels = disc_logits[active], is_replaced[active]
-        discriminator_loss = F.binary_cross_entropy_with_logits(active_logits.float(), active_labels)
+        # Weighted over non-pad tokens: full tensors, no boolean indexing.
+        active = attention_mask.float()
+        active_count = active.sum().clamp(min=1.0)
+        token_losses = F.binary_cross_entropy_with_logits(disc_logits.float(), is_replaced, reduction="none")
+        discriminator_loss = (token_losses * active).sum() / active_count
         with torch.no_grad():
-            discriminator_accuracy = ((active_logits > 0).float() == active_labels).float().mean()
-            replaced_fraction = active_labels.mean()
+            correct = ((disc_logits > 0).float() == is_replaced).float()
+            discriminator_accuracy = (correct * active).sum() / active_count
+            replaced_fraction = (is_replaced * active).sum() / active_count
         return PretrainingOutput(
             loss=generator_loss + config.disc_loss_weight * discriminator_loss,
             generator_loss=generator_loss,
@@ -504,7 +507,7 @@ class ElectraPretrainingModel(nn.Module):
             discriminator_loss=discriminator_loss,
             discriminator_accuracy=discriminator_accuracy,
             replaced_fraction=replaced_fraction,
-            masked_tokens=targets.numel(),
+            masked_tokens=masked_tokens,
         )
 
     # --- Hugging Face directories: discriminator/ and generator/, each a complete model ------------------

@@ -1,60 +1,70 @@
-"""The `electra` command. Thin: each subcommand parses its flags and calls an importable function."""
+"""The `electra` command. Thin: each subcommand parses its flags and calls an importable function.
+
+A stage command's flags are its config dataclass's fields (`--field-name`, the field's docstring as help), so
+the two never disagree; `--config FILE` reads the stage's section of a pipeline config and `--set key=value`
+overrides any field, including those (mappings) that have no flag.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+import typing
 
 from pipelines.errors import InputError
+
+# Flags whose name is not the field's (kept from before flags were derived from the configs).
+_FLAG_NAMES = {"inputs": "--input"}
+STAGES = {
+    "prepare": ("PrepareConfig", "tokenize raw text into Parquet shards with Ray Data"),
+    "pretrain": ("PretrainConfig", "pretrain ELECTRA with Ray Train + DeepSpeed ZeRO"),
+    "finetune": ("FinetuneConfig", "fine-tune a pretrained discriminator on a labeled task"),
+}
+
+
+def stage_config_class(command: str) -> type:
+    import pipelines.config
+
+    return getattr(pipelines.config, STAGES[command][0])
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> list[str]:
+    """One flag per field of `cls` (mappings excepted: --set sets them); returns the fields that got one."""
+    from pipelines.config import field_docs
+
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    names = []
+    for field in dataclasses.fields(cls):
+        annotation = hints[field.name]
+        options = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+        kind = options[0]
+        if typing.get_origin(kind) is dict:
+            continue
+        flag = _FLAG_NAMES.get(field.name, "--" + field.name.replace("_", "-"))
+        help_text = docs.get(field.name, "").replace("%", "%%")
+        if kind is bool:
+            parser.add_argument(flag, dest=field.name, action="store_const", const=True, help=help_text)
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(flag, dest=field.name, nargs="+", metavar="URI", help=help_text)
+        else:
+            parser.add_argument(flag, dest=field.name, type=kind if kind in (int, float) else str, help=help_text)
+        names.append(field.name)
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="electra", description="ELECTRA pretraining pipeline on Ray.")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    prepare = commands.add_parser("prepare", help="tokenize raw text into Parquet shards with Ray Data")
-    prepare.add_argument("--input", nargs="+", dest="inputs", metavar="URI",
-                         help="files, directories or globs (.txt, .jsonl, .parquet; .gz/.bz2/.zst)")
-    prepare.add_argument("--output", metavar="URI", help="output directory (valid once _manifest.json exists)")
-    prepare.add_argument("--tokenizer", metavar="URI", help="tokenizer.json or its directory (default: train one)")
-    prepare.add_argument("--vocab-size", type=int, dest="vocab_size")
-    prepare.add_argument("--seq-len", type=int, dest="seq_len")
-    prepare.add_argument("--documents", choices=["blank_lines", "lines"],
-                         help=".txt documents are separated by blank lines (default) or are one per line")
-    prepare.add_argument("--workers", type=int, help="tokenizer actors (default: one per CPU)")
-    prepare.add_argument("--strict", action="store_const", const=True,
-                         help="exit 2 before committing if any input file fails")
-    add_common_flags(prepare)
-
-    pretrain = commands.add_parser("pretrain", help="pretrain ELECTRA with Ray Train + DeepSpeed ZeRO")
-    pretrain.add_argument("--data", metavar="URI", help="an `electra prepare` output")
-    pretrain.add_argument("--storage", metavar="URI", help="where runs live (default: outputs/runs)")
-    pretrain.add_argument("--name", help="run name; the same name resumes the run")
-    pretrain.add_argument("--preset", choices=["tiny", "small", "base", "large"])
-    pretrain.add_argument("--objective", choices=["electra", "mlm"])
-    for flag, kind in (("workers", int), ("gpus-per-worker", int), ("cpus-per-worker", int), ("zero-stage", int),
-                       ("global-batch-size", int), ("micro-batch-size", int), ("max-steps", int), ("lr", float),
-                       ("warmup-steps", int), ("checkpoint-every", int), ("keep-checkpoints", int),
-                       ("max-failures", int), ("seed", int)):
-        pretrain.add_argument(f"--{flag}", type=kind, dest=flag.replace("-", "_"))
-    pretrain.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    pretrain.add_argument("--init-from", metavar="URI", dest="init_from",
-                          help="continue from a Hugging Face discriminator/ + generator/ pair")
-    add_common_flags(pretrain)
-
-    finetune = commands.add_parser("finetune", help="fine-tune a pretrained discriminator on a labeled task")
-    finetune.add_argument("--model", metavar="URI", help="a Hugging Face discriminator directory or a pretrain run")
-    finetune.add_argument("--train", metavar="URI", help="training data: .tsv, .csv, .jsonl or .parquet")
-    finetune.add_argument("--eval", metavar="URI", help="evaluation data, same format")
-    finetune.add_argument("--output", metavar="URI", help="where the classifier, metrics and predictions go")
-    finetune.add_argument("--task-type", dest="task_type", choices=["classification", "regression"])
-    for flag in ("text-column", "text-pair-column", "label-column", "register", "tracking-uri"):
-        finetune.add_argument(f"--{flag}", dest=flag.replace("-", "_"))
-    for flag, kind in (("epochs", int), ("lr", float), ("layer-decay", float), ("batch-size", int),
-                       ("workers", int), ("seed", int)):
-        finetune.add_argument(f"--{flag}", type=kind, dest=flag.replace("-", "_"))
-    add_common_flags(finetune)
+    for command, (cls_name, summary) in STAGES.items():
+        stage = commands.add_parser(command, help=summary, description=summary)
+        stage.set_defaults(config_fields=add_config_flags(stage, stage_config_class(command)))
+        stage.add_argument("--config", metavar="FILE", help="pipeline config (YAML); this command reads its section")
+        stage.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                           help="override a config field, e.g. --set seq_len=256 (repeatable)")
+        stage.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
 
     run = commands.add_parser("run", help="prepare, pretrain, finetune and register as one pipeline; stages whose "
                                           "outputs are up to date are skipped")
@@ -65,47 +75,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_common_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="pipeline config (YAML); this command reads its section")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="override a config field, e.g. --set seq_len=256 (repeatable)")
-    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-
-
-def stage_flags(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
-    return {name: getattr(args, name) for name in names}
-
-
 def run_command(args: argparse.Namespace) -> None:
-    if args.command == "prepare":
-        from pipelines.config import PrepareConfig, build_stage_config
-        from pipelines.prepare import run_prepare
-
-        flags = stage_flags(args, ("inputs", "output", "tokenizer", "vocab_size", "seq_len", "documents",
-                                   "workers", "strict"))
-        config = build_stage_config(PrepareConfig, "prepare", args.config, flags, args.overrides)
-        run_prepare(config, address=args.address)
-    if args.command == "pretrain":
-        from pipelines.config import PretrainConfig, build_stage_config
-        from pipelines.pretrain import run_pretrain
-
-        names = ("data", "storage", "name", "preset", "objective", "workers", "gpus_per_worker", "cpus_per_worker",
-                 "zero_stage", "precision", "global_batch_size", "micro_batch_size", "max_steps", "lr",
-                 "warmup_steps", "checkpoint_every", "keep_checkpoints", "max_failures", "init_from", "seed")
-        config = build_stage_config(PretrainConfig, "pretrain", args.config, stage_flags(args, names), args.overrides)
-        run_pretrain(config, address=args.address)
-    if args.command == "finetune":
-        from pipelines.config import FinetuneConfig, build_stage_config
-        from pipelines.finetune import run_finetune
-
-        names = ("model", "train", "eval", "output", "task_type", "text_column", "text_pair_column", "label_column",
-                 "register", "tracking_uri", "epochs", "lr", "layer_decay", "batch_size", "workers", "seed")
-        config = build_stage_config(FinetuneConfig, "finetune", args.config, stage_flags(args, names), args.overrides)
-        run_finetune(config, address=args.address)
     if args.command == "run":
         from pipelines.run import run_pipeline
 
         run_pipeline(args.config, args.overrides, address=args.address)
+        return
+    from pipelines.config import build_stage_config
+
+    flags = {name: getattr(args, name) for name in args.config_fields}
+    config = build_stage_config(stage_config_class(args.command), args.command, args.config, flags, args.overrides)
+    if args.command == "prepare":
+        from pipelines.prepare import run_prepare
+
+        run_prepare(config, address=args.address)
+    elif args.command == "pretrain":
+        from pipelines.pretrain import run_pretrain
+
+        run_pretrain(config, address=args.address)
+    else:
+        from pipelines.finetune import run_finetune
+
+        run_finetune(config, address=args.address)
 
 
 def main(argv: list[str] | None = None) -> int:

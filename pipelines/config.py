@@ -184,6 +184,9 @@ class PretrainConfig:
         return "bf16" if self.gpus_per_worker else "fp32"
 
 
+BASELINES = ("scratch", "none")
+
+
 @dataclass
 class FinetuneConfig:
     """`electra finetune`: a pretrained discriminator fine-tuned on a labeled task, evaluated, optionally registered."""
@@ -225,7 +228,13 @@ class FinetuneConfig:
     gpus_per_worker: int = 0
     """0 trains on CPU; 1 on one GPU per worker."""
     seed: int = 0
-    """Seed of the head's initialisation, data order and dropout."""
+    """Seed of the first trial: the head's initialisation, data order and dropout; trial k uses seed + k."""
+    trials: int = 1
+    """Fine-tunes with seeds seed, seed + 1, ...; the median trial is kept, and the registry gate compares
+    medians (fine-tuning a small model varies from seed to seed by a few points)."""
+    baseline: str = "scratch"
+    """scratch: also fine-tune random weights of the pretrained model's shape (its own config.json and tokenizer)
+    with the same data, settings and seeds, and report the pretraining gain; none: skip it (half the time)."""
     metric: str | None = None
     """Eval metric that picks the best epoch (and gates promotion): accuracy, f1, mcc, pearson, spearman;
     None means accuracy for classification and pearson for regression."""
@@ -237,11 +246,13 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.task_type not in ("classification", "regression"):
             raise ValueError(f"task_type must be classification or regression, got {self.task_type!r}")
-        for name in ("epochs", "batch_size", "max_seq_len", "workers", "cpus_per_worker"):
+        for name in ("epochs", "batch_size", "max_seq_len", "workers", "cpus_per_worker", "trials"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 < self.layer_decay <= 1.0:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
         allowed = ("accuracy", "f1", "mcc") if self.task_type == "classification" else ("pearson", "spearman")
         if self.metric is not None and self.metric not in allowed:
             raise ValueError(f"metric must be one of {allowed} for {self.task_type}, got {self.metric!r}")
@@ -440,6 +451,23 @@ def coerce(value: Any, annotation: Any) -> Any:
             raise TypeError(f"expected a string, got {value!r}")
         return str(value)
     return value
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a config dataclass (read from its source): the CLI's help texts."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for statement, following in zip(body, body[1:]):
+        if (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[statement.target.id] = " ".join(following.value.value.split())
+    return docs
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -77,8 +77,7 @@ def run_pipeline(config_file: str | None, overrides: list[str] | None = None, ad
             "pretrain": {"run": pretrained["run"], "skipped": up_to_date, "steps": pretrained["steps"],
                          "export": pretrained["export"], "loss_curve": pretrained["loss_curve"],
                          "final_loss": pretrained.get("final_metrics", {}).get("loss")},
-            "finetune": {"output": finetuned["output"], "skipped": finetuned["skipped"],
-                         "metric": finetuned["metrics"]["metric"], "value": finetuned["metrics"]["value"]},
+            "finetune": finetune_summary(finetuned),
             "registry": finetuned.get("registry"),
             "seconds": time.perf_counter() - started,
             "config": {name: saved_dict(values) for name, values in sections.items()},
@@ -177,6 +176,18 @@ def finetune_once(config: FinetuneConfig, key: str, address: str | None, log) ->
     return {**record, "skipped": False}
 
 
+def finetune_summary(finetuned: dict) -> dict:
+    """The fine-tune's line of the summary: the median over trials and, with a baseline, its score and the gain."""
+    metrics = finetuned["metrics"]
+    summary = {"output": finetuned["output"], "skipped": finetuned["skipped"], "metric": metrics["metric"],
+               "value": metrics["value"], "trials": metrics["summary"]["n"], "seconds": metrics["seconds"]}
+    if "baseline" in metrics:
+        summary.update(baseline=metrics["baseline"]["kind"], baseline_value=metrics["baseline"]["summary"]["median"],
+                       baseline_seconds=metrics["baseline"]["seconds"],
+                       pretraining_gain=metrics["pretraining_gain"]["mean"])
+    return summary
+
+
 def _read_json(uri: str) -> dict | None:
     try:
         return json.loads(storage.read_text(uri))
@@ -202,8 +213,15 @@ def print_summary(summary: dict, log=print) -> None:
         f"  pretrain     {pretrain['run']}  ({pretrain['steps']} steps{loss}; {state(pretrain)})",
         f"  loss plot    {pretrain['loss_curve']}",
         f"  discriminator {pretrain['export'].get('discriminator') or pretrain['export'].get('generator')}",
-        f"  fine-tuned   {finetune['output']}  (eval {finetune['metric']} {finetune['value']:.4f}; {state(finetune)})",
+        f"  fine-tuned   {finetune['output']}  (eval {finetune['metric']} {finetune['value']:.4f}"
+        + (f", median of {finetune['trials']} trials" if finetune["trials"] > 1 else "") + f"; {state(finetune)})",
     ]
+    if "pretraining_gain" in finetune:
+        lines.append(f"  baseline     random weights of the same shape: eval {finetune['metric']} "
+                     f"{finetune['baseline_value']:.4f} ({finetune['baseline_seconds']:.0f} s of fine-tuning)")
+        verdict = "" if finetune["pretraining_gain"] > 0 else "  <- pretraining did not help"
+        lines.append(f"  gain         {finetune['pretraining_gain']:+.4f} {finetune['metric']} from pretraining "
+                     f"(mean over trials){verdict}")
     if registry:
         lines += [
             f"  registered   {registry['name']} version {registry['version']}: {registry['decision']}",

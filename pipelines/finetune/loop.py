@@ -1,5 +1,12 @@
-"""The fine-tuning loop on each Ray Train worker: layer-wise learning-rate decay, warmup, evaluation each
-epoch, the best epoch kept. Rank 0 evaluates on the whole eval set and writes the outputs."""
+"""Fine-tuning: one trial (a seed, a starting point) as a plain function, and the Ray Train worker that runs
+every trial of a fine-tune.
+
+`train_trial` is the whole recipe (layer-wise learning-rate decay, warmup then linear decay, clipping,
+evaluation each epoch, the best epoch kept) and needs nothing but torch: Ray Train runs it on each worker,
+the quality benchmarks run it in one process. A fine-tune runs `trials` seeds, each from the pretrained
+discriminator and, with `baseline: scratch`, from random weights of the same shape, so that the pretraining
+gain is measured with the same data, settings and seeds.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +15,13 @@ import logging
 import math
 import re
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from electra_core import ElectraForSequenceClassification, load_tokenizer, save_tokenizer, storage
+from electra_core import ElectraConfig, ElectraForSequenceClassification, save_tokenizer, storage
 from electra_core.modeling import takes_weight_decay
 from pipelines.config import FinetuneConfig, saved_dict
 from pipelines.finetune.metrics import classification_metrics, regression_metrics
@@ -22,19 +30,22 @@ from pipelines.finetune.metrics import classification_metrics, regression_metric
 logger = logging.getLogger(__name__)
 
 _LAYER = re.compile(r"electra\.encoder\.layer\.(\d+)\.")
+PRETRAINED, SCRATCH = "pretrained", "scratch"
 
 
 def layerwise_parameter_groups(model: torch.nn.Module, config: FinetuneConfig, num_layers: int) -> list[dict]:
-    """lr * layer_decay^depth, depth 0 for the head, L - i for encoder layer i, L + 1 for the embeddings
-    (ELECTRA's fine-tuning recipe); no weight decay on biases and LayerNorm weights."""
+    """lr * layer_decay^depth as the reference ELECTRA fine-tunes: depth 0 for the task head, L + 1 - i for
+    encoder layer i (0-based; the top layer gets decay^2), L + 2 for the embeddings and their projection
+    (google-research/electra, model/optimization.py `_get_layer_lrs`). No weight decay on biases and
+    LayerNorm weights."""
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():
         name = name.removeprefix("module.")
         match = _LAYER.match(name)
         if match:
-            depth = num_layers - int(match.group(1))
+            depth = num_layers + 1 - int(match.group(1))
         elif name.startswith("electra."):
-            depth = num_layers + 1
+            depth = num_layers + 2
         else:
             depth = 0
         decay = takes_weight_decay(name)
@@ -45,7 +56,42 @@ def layerwise_parameter_groups(model: torch.nn.Module, config: FinetuneConfig, n
     return list(groups.values())
 
 
-def encode(tokenizer, texts: list[str], pairs: list[str] | None) -> list[list[int]]:
+# ----------------------------------------------------------------------------------------------------------
+# The task, tokenized once for every trial
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncodedTask:
+    """A labeled task as token ids: what every trial trains and evaluates on."""
+
+    train: list[tuple[list[int], list[int]]]
+    train_labels: torch.Tensor
+    evaluation: list[tuple[list[int], list[int]]]
+    eval_labels: np.ndarray
+    task_type: str
+    num_labels: int
+    metric: str
+    pad_id: int
+
+    @classmethod
+    def from_texts(cls, tokenizer, max_seq_len: int, train: tuple, evaluation: tuple, task_type: str,
+                   num_labels: int, metric: str) -> "EncodedTask":
+        """train and evaluation are (texts, pairs or None, encoded labels)."""
+        tokenizer.enable_truncation(max_length=max_seq_len)
+        tokenizer.no_padding()
+        regression = task_type == "regression"
+        return cls(
+            train=encode(tokenizer, train[0], train[1]),
+            train_labels=torch.tensor(train[2], dtype=torch.float32 if regression else torch.long),
+            evaluation=encode(tokenizer, evaluation[0], evaluation[1]),
+            eval_labels=np.asarray(evaluation[2]),
+            task_type=task_type, num_labels=num_labels, metric=metric,
+            pad_id=tokenizer.token_to_id("[PAD]") or 0,
+        )
+
+
+def encode(tokenizer, texts: list[str], pairs: list[str] | None) -> list[tuple[list[int], list[int]]]:
     inputs = texts if pairs is None else list(zip(texts, pairs))
     return [(e.ids, e.type_ids) for e in tokenizer.encode_batch(inputs)]
 
@@ -81,98 +127,212 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, task_type: str, num_labels:
     return classification_metrics(logits.argmax(-1), labels.astype(np.int64), num_labels)
 
 
-def finetune_loop_per_worker(loop_config: dict) -> None:
-    import ray.train
-    import ray.train.torch
+# ----------------------------------------------------------------------------------------------------------
+# One trial
+# ----------------------------------------------------------------------------------------------------------
 
-    config = FinetuneConfig(**loop_config["finetune"])
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(config.cpus_per_worker)
-    torch.manual_seed(config.seed)
-    device = ray.train.torch.get_device()
-    regression = config.task_type == "regression"
 
-    tokenizer = load_tokenizer(loop_config["model_dir"])
-    tokenizer.enable_truncation(max_length=config.max_seq_len)
-    tokenizer.no_padding()
-    pad_id = tokenizer.token_to_id("[PAD]") or 0
-    train = encode(tokenizer, loop_config["train_texts"], loop_config["train_pairs"])
-    train_labels = torch.tensor(loop_config["train_labels"], dtype=torch.float32 if regression else torch.long)
-    evaluation = encode(tokenizer, loop_config["eval_texts"], loop_config["eval_pairs"])
-    eval_labels = np.asarray(loop_config["eval_labels"])
+def build_classifier(model_dir: str, start: str, seed: int, task: EncodedTask, label_names: list[str],
+                     reinit_layers: int = 0) -> ElectraForSequenceClassification:
+    """The classifier a trial starts from: the pretrained discriminator with a new head, or (scratch) random
+    weights of the same shape, built from the pretrained model's own config.json (the same tokenizer is used)."""
+    regression = task.task_type == "regression"
+    overrides = dict(num_labels=1 if regression else len(label_names),
+                     id2label=None if regression else dict(enumerate(label_names)),
+                     problem_type="regression" if regression else "single_label_classification")
+    torch.manual_seed(seed)  # the head's (and, from scratch, every weight's) initialisation
+    if start == PRETRAINED:
+        model = ElectraForSequenceClassification.from_pretrained(model_dir, **overrides)
+        for layer in model.electra.encoder.layer[len(model.electra.encoder.layer) - reinit_layers:] if reinit_layers else []:
+            layer.apply(model._init_module)  # fresh top layers (Zhang et al. 2021, "Revisiting few-sample BERT fine-tuning")
+        return model
+    config = ElectraConfig.load(storage.join(model_dir, "config.json")).replace(**overrides)
+    return ElectraForSequenceClassification(config)
 
-    names = loop_config["label_names"]
-    model = ElectraForSequenceClassification.from_pretrained(
-        loop_config["model_dir"], num_labels=1 if regression else len(names),
-        id2label=None if regression else dict(enumerate(names)),
-        problem_type="regression" if regression else "single_label_classification",
-    )
-    num_layers = model.config.num_hidden_layers
-    model = ray.train.torch.prepare_model(model)
+
+@dataclass
+class TrialResult:
+    """A trial's best epoch (by the task's metric) on the eval set."""
+
+    start: str
+    seed: int
+    value: float
+    best_epoch: int
+    record: dict
+    seconds: float
+    logits: np.ndarray | None = field(default=None, repr=False)
+    state: dict | None = field(default=None, repr=False)
+
+    def summary(self) -> dict:
+        return {"start": self.start, "seed": self.seed, "value": self.value, "best_epoch": self.best_epoch,
+                "seconds": round(self.seconds, 2), "eval": self.record}
+
+
+def train_trial(model: torch.nn.Module, task: EncodedTask, config: FinetuneConfig, seed: int, *, start: str,
+                num_layers: int, rank: int = 0, world_size: int = 1, device="cpu", keep_state: bool = True,
+                on_epoch=None) -> TrialResult:
+    """Fine-tunes `model` (possibly wrapped for data parallelism) for config.epochs and keeps its best epoch.
+
+    Each rank trains on its share of every batch; rank 0 evaluates on the whole eval set. `on_epoch(record)`
+    is called on every rank after each epoch (Ray Train reports through it).
+    """
+    started = time.perf_counter()
+    torch.manual_seed(seed)  # dropout
+    regression = task.task_type == "regression"
     groups = layerwise_parameter_groups(model, config, num_layers)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-6, fused=True)  # one kernel
-
     per_rank = config.batch_size // world_size
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    steps_per_epoch = math.ceil(len(task.train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     warmup = max(1, int(total_steps * config.warmup_fraction))
-    metric_name = loop_config["metric"]
+    inner = model.module if hasattr(model, "module") else model
     best: dict = {"value": -math.inf}
     step = 0
     for epoch in range(config.epochs):
-        started = time.perf_counter()
-        order = np.random.default_rng([config.seed, epoch]).permutation(len(train))
+        epoch_started = time.perf_counter()
+        order = np.random.default_rng([seed, epoch]).permutation(len(task.train))
         losses = []
         for batch_start in range(0, steps_per_epoch * config.batch_size, config.batch_size):
             indices = order[batch_start: batch_start + config.batch_size][rank::world_size][:per_rank]
             if len(indices) == 0:
                 indices = order[:1]  # every rank must take part in each all-reduce
-            batch = collate([train[i] for i in indices], pad_id, device)
+            batch = collate([task.train[i] for i in indices], task.pad_id, device)
             scale = min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup)))
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * group["lr_scale"] * scale
             logits = model(**batch).logits
-            targets = train_labels[indices].to(device)
+            targets = task.train_labels[indices].to(device)
             loss = F.mse_loss(logits.squeeze(-1), targets) if regression else F.cross_entropy(logits, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            losses.append(loss.item())
+            losses.append(loss.detach())
             step += 1
 
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - started}
+        record = {"epoch": epoch + 1, "train_loss": float(torch.stack(losses).mean()),
+                  "seconds": time.perf_counter() - epoch_started}
         if rank == 0:
-            inner = model.module if hasattr(model, "module") else model
-            logits = predict(inner, evaluation, pad_id, device)
-            record.update(evaluate(logits, eval_labels, config.task_type, len(names)))
-            if record[metric_name] > best["value"]:
-                best = {"value": record[metric_name], "record": dict(record), "logits": logits,
-                        "state": {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}}
-            logger.info(f"epoch {epoch + 1}/{config.epochs}  train loss {record['train_loss']:.4f}  " + "  ".join(
-                f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "train_loss", "seconds")))
-        ray.train.report(record)
+            logits = predict(inner, task.evaluation, task.pad_id, device)
+            record.update(evaluate(logits, task.eval_labels, task.task_type, task.num_labels))
+            if record[task.metric] > best["value"]:
+                best = {"value": record[task.metric], "record": dict(record), "logits": logits,
+                        "state": {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
+                        if keep_state else None}
+        if on_epoch is not None:
+            on_epoch(record)
+    if rank != 0:
+        return TrialResult(start, seed, math.nan, 0, {}, time.perf_counter() - started)
+    return TrialResult(start, seed, best["value"], best["record"]["epoch"],
+                       {k: v for k, v in best["record"].items() if k != "seconds"},
+                       time.perf_counter() - started, best["logits"], best["state"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Several trials, and the pretraining gain over the scratch baseline
+# ----------------------------------------------------------------------------------------------------------
+
+
+def spread(values: list[float]) -> dict:
+    """mean, median, standard deviation (0 for one value), min and max."""
+    array = np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "median": float(np.median(array)),
+            "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
+            "min": float(array.min()), "max": float(array.max()), "n": len(array)}
+
+
+def median_trial(results: list[TrialResult]) -> TrialResult:
+    """The trial whose score is the median (the lower of the two middle ones for an even count): the model
+    that is kept is the one whose score the registry gate uses."""
+    ranked = sorted(results, key=lambda r: (r.value, r.seed))
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def pretraining_gain(pretrained: list[TrialResult], scratch: list[TrialResult]) -> dict:
+    """The pretrained model's metric minus the scratch baseline's, trial by trial (same seeds), and its mean."""
+    by_seed = {r.seed: r.value for r in scratch}
+    differences = [r.value - by_seed[r.seed] for r in pretrained]
+    return {"mean": float(np.mean(differences)), "per_trial": differences,
+            "median_difference": float(np.median([r.value for r in pretrained]) - np.median(list(by_seed.values())))}
+
+
+def finetune_loop_per_worker(loop_config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from electra_core import load_tokenizer
+
+    config = FinetuneConfig(**loop_config["finetune"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(config.cpus_per_worker)
+    device = ray.train.torch.get_device()
+
+    tokenizer = load_tokenizer(loop_config["model_dir"])
+    names = loop_config["label_names"]
+    task = EncodedTask.from_texts(
+        tokenizer, config.max_seq_len,
+        (loop_config["train_texts"], loop_config["train_pairs"], loop_config["train_labels"]),
+        (loop_config["eval_texts"], loop_config["eval_pairs"], loop_config["eval_labels"]),
+        config.task_type, 1 if config.task_type == "regression" else len(names), loop_config["metric"])
+
+    starts = [PRETRAINED] + ([SCRATCH] if config.baseline == "scratch" else [])
+    results: dict[str, list[TrialResult]] = {start: [] for start in starts}
+    for trial in range(config.trials):
+        seed = config.seed + trial
+        for start in starts:
+            model = build_classifier(loop_config["model_dir"], start, seed, task, names)
+            num_layers = model.config.num_hidden_layers
+            model = ray.train.torch.prepare_model(model)
+
+            def report(record, start=start, seed=seed):
+                ray.train.report({**record, "trial": seed, "start": start})
+
+            result = train_trial(model, task, config, seed, start=start, num_layers=num_layers, rank=rank,
+                                 world_size=world_size, device=device, keep_state=start == PRETRAINED,
+                                 on_epoch=report)
+            if rank == 0:
+                logger.info(f"trial {trial + 1}/{config.trials} (seed {seed}) from {start}: best epoch "
+                            f"{result.best_epoch}, eval {task.metric} {result.value:.4f} in {result.seconds:.0f} s")
+            results[start].append(result)
+            del model
 
     if rank == 0:
-        inner = model.module if hasattr(model, "module") else model
-        inner.load_state_dict(best["state"])
-        write_outputs(inner, tokenizer, config, loop_config, best)
+        kept = median_trial(results[PRETRAINED])
+        model = build_classifier(loop_config["model_dir"], PRETRAINED, kept.seed, task, names)
+        model.load_state_dict(kept.state)
+        write_outputs(model, tokenizer, config, loop_config, kept, results)
 
 
-def write_outputs(model, tokenizer, config: FinetuneConfig, loop_config: dict, best: dict) -> None:
-    """The classifier with its tokenizer, metrics.json and the eval-set predictions."""
+def trials_metrics(metric: str, kept: TrialResult, results: dict[str, list[TrialResult]]) -> dict:
+    """metrics.json's figures: the gate's value (the median over trials), the kept trial's eval figures, every
+    trial, and, with a baseline, the baseline's trials and the pretraining gain."""
+    pretrained = results[PRETRAINED]
+    metrics = {"metric": metric, "value": spread([r.value for r in pretrained])["median"],
+               "best_epoch": kept.best_epoch, "kept_trial_seed": kept.seed, "eval": kept.record,
+               "trials": [r.summary() for r in pretrained], "summary": spread([r.value for r in pretrained]),
+               "seconds": sum(r.seconds for r in pretrained)}
+    if SCRATCH in results:
+        scratch = results[SCRATCH]
+        metrics["baseline"] = {"kind": SCRATCH, "trials": [r.summary() for r in scratch],
+                               "summary": spread([r.value for r in scratch]), "seconds": sum(r.seconds for r in scratch)}
+        metrics["pretraining_gain"] = pretraining_gain(pretrained, scratch)
+    return metrics
+
+
+def write_outputs(model, tokenizer, config: FinetuneConfig, loop_config: dict, kept: TrialResult,
+                  results: dict[str, list[TrialResult]]) -> None:
+    """The kept classifier with its tokenizer, metrics.json (every trial) and its eval-set predictions."""
     output = config.output
     model.to("cpu").save_pretrained(output)
     tokenizer.no_truncation()
     save_tokenizer(tokenizer, output, model_max_length=config.max_seq_len)
     names = loop_config["label_names"]
-    metrics = {"metric": loop_config["metric"], "value": best["value"], "best_epoch": best["record"]["epoch"],
-               "eval": {k: v for k, v in best["record"].items() if k not in ("seconds",)},
+    metrics = {**trials_metrics(loop_config["metric"], kept, results),
                "task_type": config.task_type, "labels": names, "label_kind": loop_config["label_kind"]}
     storage.write_text(storage.join(output, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
     lines = []
-    for text, logits, label in zip(loop_config["eval_texts"], best["logits"], loop_config["eval_labels_raw"]):
+    for text, logits, label in zip(loop_config["eval_texts"], kept.logits, loop_config["eval_labels_raw"]):
         if config.task_type == "regression":
             lines.append({"text": text, "label": label, "prediction": float(logits[0])})
         else:

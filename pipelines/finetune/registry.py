@@ -15,6 +15,7 @@ from pipelines.environment import scoped_environment
 from pipelines.secrets import keep_credentials_out_of_mlflow_output, redact
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+SCRATCH_BASELINE = "random weights of the same shape"
 EXPERIMENT = "electra-finetune"
 
 
@@ -34,6 +35,21 @@ def code_version() -> str:
         from importlib.metadata import version
 
         return version("electra-ray")
+
+
+def gate_metric(metric: str) -> str:
+    """The MLflow metric that promotion compares: the median of the fine-tune's trials."""
+    return f"{metric}_median"
+
+
+def logged_metrics(metrics: dict) -> dict[str, float]:
+    """The kept trial's eval figures, the median the gate uses, and the baseline's median and the gain."""
+    logged = {k: float(v) for k, v in metrics["eval"].items() if isinstance(v, (int, float))}
+    logged[gate_metric(metrics["metric"])] = float(metrics["value"])
+    if "pretraining_gain" in metrics:
+        logged["pretraining_gain"] = float(metrics["pretraining_gain"]["mean"])
+        logged[f"baseline_{gate_metric(metrics['metric'])}"] = float(metrics["baseline"]["summary"]["median"])
+    return logged
 
 
 def register(name: str, configured_uri: str | None, output: str, config: dict, metrics: dict, lineage: dict,
@@ -63,7 +79,7 @@ def _register(name: str, configured_uri: str | None, output: str, config: dict, 
     package = Path(__file__).resolve().parents[2] / "electra_core"
     with mlflow.start_run(run_name=f"{name}-finetune") as run:
         mlflow.log_params({k: str(v)[:500] for k, v in redact(config).items()})
-        mlflow.log_metrics({k: float(v) for k, v in metrics["eval"].items() if isinstance(v, (int, float))})
+        mlflow.log_metrics(logged_metrics(metrics))
         mlflow.set_tags({f"electra.{k}": str(v) for k, v in redact({**lineage, "code_version": code_version()}).items()})
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -76,7 +92,9 @@ def _register(name: str, configured_uri: str | None, output: str, config: dict, 
     version = str(info.registered_model_version)
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
-        champion_score = float(client.get_run(champion.run_id).data.metrics[metric])
+        champion_metrics = client.get_run(champion.run_id).data.metrics
+        # Versions registered before fine-tunes had trials logged the one trial's score only.
+        champion_score = float(champion_metrics.get(gate_metric(metric), champion_metrics[metric]))
     except Exception:  # no champion yet (MLflow raises its own exception types for a missing alias)
         champion, champion_score = None, None
     if champion is None or score > champion_score:
@@ -85,9 +103,15 @@ def _register(name: str, configured_uri: str | None, output: str, config: dict, 
     else:
         client.set_registered_model_alias(name, CHALLENGER, version)
         decision = f"kept version {champion.version} as {CHAMPION}; version {version} is the {CHALLENGER}"
-    scores = f"{metric} {score:.4f}" + (f" vs {CHAMPION} {champion_score:.4f}" if champion is not None else "")
+    trials = metrics["summary"]["n"]
+    scores = (f"{metric} {score:.4f}" + (f" (median of {trials} trials)" if trials > 1 else "")
+              + (f" vs {CHAMPION} {champion_score:.4f}" if champion is not None else ""))
     client.set_model_version_tag(name, version, "electra.promotion", decision)
     client.set_model_version_tag(name, version, "electra.scores", scores)
+    if "pretraining_gain" in metrics:
+        client.set_model_version_tag(name, version, "electra.pretraining_gain",
+                                     f"{metrics['pretraining_gain']['mean']:+.4f} {metric} over {SCRATCH_BASELINE} "
+                                     f"(median {score:.4f} vs {metrics['baseline']['summary']['median']:.4f})")
     log(f"electra finetune: registered {name} version {version} ({scores}); {decision}")
     return {"name": name, "version": version, "decision": decision, "score": score,
             "champion_score": champion_score, "tracking_uri": redact(uri), "run_id": run.info.run_id}

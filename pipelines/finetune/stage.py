@@ -79,8 +79,10 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
     )
     fit(trainer)
     metrics = json.loads(storage.read_text(storage.join(config.output, "metrics.json")))
-    log(f"electra finetune: best epoch {metrics['best_epoch']}, eval {metric} {metrics['value']:.4f} "
-        f"in {time.perf_counter() - started:.0f} s -> {config.output}")
+    metrics["seconds_total"] = time.perf_counter() - started
+    storage.write_text(storage.join(config.output, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
+    for line in outcome_lines(metrics):
+        log(line)
     result = {"output": config.output, "model": model_dir, "metrics": metrics}
     if config.register:
         from pipelines.finetune.registry import register
@@ -88,6 +90,30 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
         result["registry"] = register(config.register, config.tracking_uri, config.output, to_dict(config), metrics,
                                       lineage(config.model, model_dir), log=log)
     return result
+
+
+def outcome_lines(metrics: dict) -> list[str]:
+    """What the user reads at the end of a fine-tune: the score over trials, the baseline's, the gain, and a
+    warning in plain words when pretraining did not pay for itself."""
+    metric, summary = metrics["metric"], metrics["summary"]
+    trials = summary["n"]
+    score = f"eval {metric} {metrics['value']:.4f}" + (
+        f" (median of {trials} trials, mean {summary['mean']:.4f} ± {summary['std']:.4f})" if trials > 1 else "")
+    lines = [f"electra finetune: {score}; kept the trial with seed {metrics['kept_trial_seed']} "
+             f"(best epoch {metrics['best_epoch']}) in {metrics['seconds_total']:.0f} s"]
+    baseline = metrics.get("baseline")
+    if baseline is None:
+        return lines
+    gain = metrics["pretraining_gain"]["mean"]
+    lines.append(f"electra finetune: from random weights of the same shape (baseline scratch): eval {metric} "
+                 f"{baseline['summary']['median']:.4f}" + (f" (median of {trials})" if trials > 1 else "")
+                 + f" in {baseline['seconds']:.0f} s; pretraining gain {gain:+.4f} ({metric}, mean over trials)")
+    if gain <= 0:
+        lines.append(f"warning: pretraining did not help: the model fine-tuned from the pretrained encoder scores "
+                     f"{gain:+.4f} {metric} against the same recipe from random weights, so on this task it is worth "
+                     f"no more than skipping pretraining. Pretrain longer or on more text, or check the loss plot "
+                     f"(a discriminator loss at its prior means the discriminator learned nothing).")
+    return lines
 
 
 def lineage(model_uri: str, model_dir: str) -> dict:

@@ -25,7 +25,8 @@ from pipelines.secrets import redact_text
 from pipelines.prepare.manifest import load_committed_dataset
 from pipelines.pretrain import checkpoint as checkpoints
 from pipelines.pretrain.data import SampleOrder, ShardReader
-from pipelines.pretrain.metrics import MetricsLog, peak_flops, prior_loss, training_flops_per_token
+from pipelines.pretrain.metrics import (MetricsLog, discriminator_against_prior, peak_flops, prior_loss,
+                                       training_flops_per_token)
 
 # What a worker tells the user goes through logging: Ray Train sends a worker's log records to the terminal and to
 # its worker log files. (A print came out twice under Train's print patch; see pipelines.ray_runtime.fit.)
@@ -359,11 +360,12 @@ def export(engine, model_config: ElectraConfig, config: PretrainConfig, run_uri:
     for part in parts:
         save_tokenizer(tokenizer, storage.join(export_uri, part), model_max_length=manifest["seq_len"])
     plot_uri = storage.join(run_uri, "loss_curve.png")
-    final = {}
+    final, prior_check = {}, None
     if metrics is not None:
         metrics.flush()
         metrics.plot(plot_uri)
         final = metrics.records[-1] if metrics.records else {}
+        prior_check = discriminator_against_prior(metrics.records)
     result = {
         "run": run_uri,
         "export": {part: storage.join(export_uri, part) for part in parts},
@@ -373,6 +375,7 @@ def export(engine, model_config: ElectraConfig, config: PretrainConfig, run_uri:
         "dataset_fingerprint": manifest["dataset_fingerprint"],
         "data_start_step": data_start,
         "final_metrics": final,
+        "discriminator_against_prior": prior_check,
         "loss_curve": plot_uri,
         "metrics": storage.join(run_uri, "metrics.jsonl"),
     }

@@ -75,7 +75,10 @@ class MetricsLog:
         storage.write_text(self.uri, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records))
 
     def plot(self, uri: str) -> None:
-        """A loss-curve PNG: total loss and, for ELECTRA, the generator and discriminator parts."""
+        """A loss-curve PNG: the total loss, the generator's loss and, for ELECTRA, the discriminator's loss
+        beside its prior (the loss of predicting only the base rate of replaced tokens)."""
+        import io
+
         import matplotlib
 
         matplotlib.use("Agg")
@@ -84,20 +87,21 @@ class MetricsLog:
         if not self.records:
             return
         steps = [r["step"] for r in self.records]
-        figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-        axes[0].plot(steps, [r["loss"] for r in self.records], label="loss")
-        axes[0].set_xlabel("step")
-        axes[0].set_title("training loss")
-        axes[0].legend()
-        for key in ("generator_loss", "discriminator_loss"):
-            if key in self.records[-1]:
-                axes[1].plot(steps, [r.get(key) for r in self.records], label=key)
-        axes[1].set_xlabel("step")
-        axes[1].set_title("generator / discriminator")
-        axes[1].legend()
+        electra = "discriminator_loss" in self.records[-1]
+        figure, axes = plt.subplots(1, 3 if electra else 2, figsize=(15 if electra else 10, 4))
+        panels = [("loss", "training loss"), ("generator_loss", "generator (masked LM) loss")]
+        for axis, (key, title) in zip(axes, panels):
+            axis.plot(steps, [r.get(key) for r in self.records], label=key)
+            axis.set_title(title)
+        if electra:
+            axes[2].plot(steps, [r.get("discriminator_loss") for r in self.records], label="discriminator_loss")
+            axes[2].plot(steps, [r.get("discriminator_prior_loss") for r in self.records], "--",
+                         label="prior (base rate only): no context learned")
+            axes[2].set_title("discriminator loss and its prior")
+        for axis in axes:
+            axis.set_xlabel("step")
+            axis.legend()
         figure.tight_layout()
-        import io
-
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=100)
         plt.close(figure)
@@ -113,6 +117,32 @@ def prior_loss(replaced_fraction: float) -> float:
     discriminator loss near it means it has learned nothing from context yet."""
     p = min(max(replaced_fraction, 1e-12), 1 - 1e-12)
     return -(p * math.log(p) + (1 - p) * math.log(1 - p))
+
+
+# A discriminator whose loss over the last quarter of the run is within 5% of its prior has learned next to
+# nothing beyond the base rate of replaced tokens.
+PRIOR_WINDOW, PRIOR_MARGIN = 0.25, 0.05
+
+
+def discriminator_against_prior(records: list[dict]) -> dict | None:
+    """The discriminator's mean loss and its prior over the last quarter of the logged steps, and whether it
+    stayed at the prior (None for masked-LM runs and runs without records)."""
+    records = [r for r in records if r.get("discriminator_loss") is not None]
+    if not records:
+        return None
+    last = records[-max(1, round(len(records) * PRIOR_WINDOW)):]
+    loss = sum(r["discriminator_loss"] for r in last) / len(last)
+    prior = sum(r["discriminator_prior_loss"] for r in last) / len(last)
+    return {"from_step": last[0]["step"], "to_step": last[-1]["step"], "discriminator_loss": loss,
+            "prior_loss": prior, "at_prior": loss >= (1 - PRIOR_MARGIN) * prior}
+
+
+def prior_warning(check: dict) -> str:
+    return (f"warning: the discriminator's loss stayed at its prior over steps {check['from_step']}-"
+            f"{check['to_step']} ({check['discriminator_loss']:.3f} against {check['prior_loss']:.3f} for guessing "
+            f"the base rate of replaced tokens): it learned almost nothing from context, and the pretrained model "
+            f"may fine-tune no better than random weights. Pretrain longer, with a larger model or a higher "
+            f"mask_prob, and compare with finetune.baseline: scratch.")
 
 
 def progress_line(r: dict) -> str:

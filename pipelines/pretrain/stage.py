@@ -105,4 +105,9 @@ def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) 
     final = result.get("final_metrics", {})
     log(f"electra pretrain: done in {time.perf_counter() - started:.0f} s; loss {final.get('loss', float('nan')):.4f}; "
         f"export {result['export']}; loss curve {result['loss_curve']}")
+    check = result.get("discriminator_against_prior")
+    if check is not None and check["at_prior"]:
+        from pipelines.pretrain.metrics import prior_warning
+
+        log(prior_warning(check))
     return result

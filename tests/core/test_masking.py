@@ -29,53 +29,68 @@ def maskable(input_ids, attention_mask):
     return attention_mask.bool() & ~torch.isin(input_ids, torch.tensor(SPECIAL))
 
 
+def slots_of(input_ids, attention_mask, mask_prob=0.15, seed=0):
+    n = masking.max_predictions_per_seq(input_ids.shape[1], mask_prob)
+    return masking.select_slots(input_ids, attention_mask, SPECIAL, mask_prob, n, torch.Generator().manual_seed(seed))
+
+
+def test_slot_count_is_the_references():
+    assert masking.max_predictions_per_seq(128, 0.15) == 19 and masking.max_predictions_per_seq(512, 0.25) == 130
+
+
 @pytest.mark.parametrize("mask_prob", [0.15, 0.25])
-def test_masked_fraction_is_within_one_percent_of_the_configured_rate(mask_prob):
+def test_each_sequence_predicts_round_mask_prob_times_its_non_pad_tokens(mask_prob):
     input_ids, attention_mask = packed_batch()
-    selected = masking.select_positions(input_ids, attention_mask, SPECIAL, mask_prob, torch.Generator().manual_seed(1))
-    fraction = selected.sum().item() / maskable(input_ids, attention_mask).sum().item()
-    assert abs(fraction - mask_prob) <= 0.01
+    slots = slots_of(input_ids, attention_mask, mask_prob, seed=1)
+    expected = (attention_mask.sum(1).float() * mask_prob).round().clamp(min=1)
+    assert torch.equal(slots.weights.sum(1), expected)
 
 
 def test_special_and_pad_tokens_are_never_selected():
     input_ids, attention_mask = packed_batch()
-    selected = masking.select_positions(input_ids, attention_mask, SPECIAL, 0.5, torch.Generator().manual_seed(2))
-    assert not selected[~maskable(input_ids, attention_mask)].any()
-    assert selected.any(dim=1).all()  # every row with maskable tokens gets at least one prediction
+    slots = slots_of(input_ids, attention_mask, 0.5, seed=2)
+    used = slots.weights.bool()
+    chosen = torch.zeros_like(input_ids, dtype=torch.bool)
+    chosen[torch.arange(len(input_ids))[:, None].expand_as(slots.positions)[used], slots.positions[used]] = True
+    assert not chosen[~maskable(input_ids, attention_mask)].any()
+    assert used.any(dim=1).all()  # every row with maskable tokens gets at least one prediction
+    assert torch.equal(slots.selected(input_ids.shape[1]), chosen)
 
 
-def test_selection_covers_every_maskable_position_uniformly():
+def test_positions_are_uniform_over_maskable_tokens_and_drawn_with_replacement():
     input_ids, attention_mask = packed_batch(rows=1, seq_len=64)
-    input_ids = input_ids.expand(4000, -1)
-    attention_mask = attention_mask.expand(4000, -1)
-    selected = masking.select_positions(input_ids, attention_mask, SPECIAL, 0.15, torch.Generator().manual_seed(3))
+    input_ids, attention_mask = input_ids.expand(4000, -1), attention_mask.expand(4000, -1)
+    slots = slots_of(input_ids, attention_mask, 0.15, seed=3)
+    selected = slots.selected(64)
     per_position = selected.float().mean(0)[maskable(input_ids[:1], attention_mask[:1])[0]]
-    assert per_position.min() > 0.10 and per_position.max() < 0.20
+    assert per_position.min() > 0.09 and per_position.max() < 0.20
+    # With replacement, some rows draw a position twice: it is corrupted once, and the slot is not "first".
+    repeated = slots.weights.bool() & ~slots.first
+    assert repeated.any()
+    assert torch.equal(selected.sum(1), slots.first.sum(1))
 
 
-def test_electra_corruption_splits_mask_and_kept_within_two_percent():
+def test_corruption_masks_85_percent_of_selected_positions_and_keeps_the_rest():
     input_ids, attention_mask = packed_batch()
     rng = torch.Generator().manual_seed(4)
-    selected = masking.select_positions(input_ids, attention_mask, SPECIAL, 0.15, rng)
-    corrupted = masking.corrupt_selected(input_ids, selected, MASK, VOCAB, mask_share=0.85, generator=rng)
+    slots = masking.select_slots(input_ids, attention_mask, SPECIAL, 0.15, 19, rng)
+    corrupted = masking.corrupt_slots(input_ids, slots, MASK, mask_share=0.85, generator=rng)
+    selected = slots.selected(input_ids.shape[1])
     as_mask = (corrupted[selected] == MASK).float().mean().item()
     kept = (corrupted[selected] == input_ids[selected]).float().mean().item()
     assert abs(as_mask - 0.85) <= 0.02 and abs(kept - 0.15) <= 0.02
     assert torch.equal(corrupted[~selected], input_ids[~selected])
 
 
-def test_mlm_corruption_is_80_10_10():
-    input_ids, attention_mask = packed_batch()
-    rng = torch.Generator().manual_seed(5)
-    selected = masking.select_positions(input_ids, attention_mask, SPECIAL, 0.15, rng)
-    corrupted = masking.corrupt_selected(
-        input_ids, selected, MASK, VOCAB, masking.BERT_MASK_SHARE, masking.BERT_RANDOM_SHARE, generator=rng
-    )
-    original, changed = input_ids[selected], corrupted[selected]
-    as_mask = (changed == MASK).float().mean().item()
-    kept = (changed == original).float().mean().item()
-    random = 1.0 - as_mask - kept
-    assert abs(as_mask - 0.8) <= 0.02 and abs(kept - 0.1) <= 0.02 and abs(random - 0.1) <= 0.02
+def test_written_samples_land_once_per_selected_position():
+    input_ids, attention_mask = packed_batch(rows=256)
+    slots = slots_of(input_ids, attention_mask, 0.3, seed=6)
+    samples = torch.randint(5, VOCAB, slots.positions.shape, generator=torch.Generator().manual_seed(6))
+    written = slots.write(input_ids, samples)
+    selected = slots.selected(input_ids.shape[1])
+    assert torch.equal(written[~selected], input_ids[~selected])
+    rows, columns = torch.nonzero(slots.first, as_tuple=True)
+    assert torch.equal(written[rows, slots.positions[rows, columns]], samples[rows, columns])
 
 
 def test_masking_is_deterministic_under_a_seeded_generator():
@@ -83,8 +98,8 @@ def test_masking_is_deterministic_under_a_seeded_generator():
 
     def run(seed):
         rng = torch.Generator().manual_seed(seed)
-        selected = masking.select_positions(input_ids, attention_mask, SPECIAL, 0.15, rng)
-        return selected, masking.corrupt_selected(input_ids, selected, MASK, VOCAB, 0.85, generator=rng)
+        slots = masking.select_slots(input_ids, attention_mask, SPECIAL, 0.15, 19, rng)
+        return slots.positions, masking.corrupt_slots(input_ids, slots, MASK, 0.85, generator=rng)
 
     first, second, other = run(7), run(7), run(8)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])

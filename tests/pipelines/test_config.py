@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from pipelines.config import PrepareConfig, build_stage_config
+from pipelines.cli import main
+from pipelines.config import FinetuneConfig, PrepareConfig, PretrainConfig, build_stage_config, field_docs
 from pipelines.errors import InputError
+from tests.pipelines.conftest import command_errors
 
 
 def test_file_flags_and_overrides_apply_in_rising_priority(tmp_path):
@@ -44,3 +48,23 @@ def test_bad_config_is_a_one_line_error_naming_the_file_or_field(tmp_path, yaml_
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(InputError, match="nope.yaml: config file not found"):
         build_stage_config(PrepareConfig, "prepare", str(tmp_path / "nope.yaml"))
+
+
+@pytest.mark.parametrize("command, cls", [("prepare", PrepareConfig), ("pretrain", PretrainConfig),
+                                          ("finetune", FinetuneConfig)])
+def test_every_config_field_is_a_flag_with_its_documentation_as_help(command, cls, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    docs = field_docs(cls)
+    for field in dataclasses.fields(cls):
+        if field.name == "model":  # a mapping: set with --set model.KEY=VALUE ... or the config file
+            continue
+        flag = "--input" if field.name == "inputs" else "--" + field.name.replace("_", "-")
+        assert flag in text and docs[field.name][:40] in text
+
+
+def test_a_preset_that_does_not_exist_is_refused_with_exit_2(tmp_path, capsys):
+    status = main(["pretrain", "--data", str(tmp_path), "--name", "x", "--preset", "huge"])
+    (error,) = command_errors(capsys.readouterr().err)
+    assert status == 2 and "preset must be one of" in error and "huge" in error

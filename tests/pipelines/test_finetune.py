@@ -15,6 +15,8 @@ from pipelines.cli import main
 from pipelines.config import FinetuneConfig
 from pipelines.errors import InputError
 from pipelines.finetune import run_finetune
+from pipelines.finetune.loop import layerwise_parameter_groups
+from pipelines.finetune.stage import outcome_lines
 from pipelines.finetune.metrics import classification_metrics, regression_metrics
 from tests.pipelines.conftest import command_errors
 
@@ -111,6 +113,73 @@ def test_regression_on_jsonl_pairs(model_dir, tmp_path):
     assert "spearman" in result["metrics"]["eval"]
 
 
+@pytest.mark.usefixtures("local_ray")
+def test_trials_against_the_scratch_baseline_report_the_pretraining_gain(model_dir, tmp_path, monkeypatch):
+    """A model that already knows the task, against random weights of its shape with the same short recipe."""
+    import mlflow
+
+    train = write_tsv(tmp_path / "train.tsv", sentiment_rows(400, 11))
+    evaluation = write_tsv(tmp_path / "dev.tsv", sentiment_rows(100, 12))
+    knows_the_task = tmp_path / "knows"
+    finetune(model_dir, train, evaluation, knows_the_task, baseline="none")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    registry = f"sqlite:///{tmp_path}/mlflow.db"
+    lines: list[str] = []
+    finetune(str(knows_the_task), train, evaluation, tmp_path / "out", trials=3, baseline="scratch", epochs=1,
+             lr=1e-4, seed=5, register="gain-model", tracking_uri=registry, log=lines.append)
+
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    pretrained, scratch = metrics["trials"], metrics["baseline"]["trials"]
+    assert [t["seed"] for t in pretrained] == [t["seed"] for t in scratch] == [5, 6, 7]
+    values = sorted(t["value"] for t in pretrained)
+    assert metrics["value"] == values[1] and metrics["summary"]["median"] == values[1]
+    differences = [p["value"] - s["value"] for p, s in zip(pretrained, scratch)]
+    assert metrics["pretraining_gain"]["per_trial"] == pytest.approx(differences)
+    assert metrics["pretraining_gain"]["mean"] == pytest.approx(np.mean(differences))
+    # The baseline starts from random weights: one epoch at a tiny rate leaves it near chance, far below the start.
+    assert metrics["value"] >= 0.9 and metrics["baseline"]["summary"]["median"] <= 0.75
+    assert metrics["pretraining_gain"]["mean"] >= 0.2
+
+    # The model kept is the median trial's, the one whose score the gate compares.
+    kept = next(t for t in pretrained if t["seed"] == metrics["kept_trial_seed"])
+    assert kept["value"] == metrics["value"]
+    predictions = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert np.mean([p["prediction"] == p["label"] for p in predictions]) == pytest.approx(kept["value"])
+    text = "\n".join(lines)
+    assert "median of 3 trials" in text and "pretraining gain +" in text and "warning" not in text
+
+    client = mlflow.MlflowClient(tracking_uri=registry)
+    version = client.get_model_version_by_alias("gain-model", "champion")
+    logged = client.get_run(version.run_id).data.metrics
+    assert logged["accuracy_median"] == pytest.approx(metrics["value"])
+    assert logged["pretraining_gain"] == pytest.approx(metrics["pretraining_gain"]["mean"])
+    assert version.tags["electra.pretraining_gain"].startswith(f"{metrics['pretraining_gain']['mean']:+.4f} accuracy")
+
+
+@pytest.mark.parametrize("gain, warned", [(-0.012, True), (0.0, True), (0.031, False)])
+def test_a_gain_of_zero_or_less_is_a_plain_warning(gain, warned):
+    summary = {"mean": 0.8, "median": 0.8, "std": 0.01, "min": 0.79, "max": 0.81, "n": 3}
+    metrics = {"metric": "accuracy", "value": 0.8, "summary": summary, "kept_trial_seed": 1, "best_epoch": 3,
+               "seconds_total": 30.0, "baseline": {"summary": {**summary, "median": 0.8 - gain}, "seconds": 12.0},
+               "pretraining_gain": {"mean": gain}}
+    lines = outcome_lines(metrics)
+    assert f"pretraining gain {gain:+.4f}" in lines[1]
+    assert any(line.startswith("warning: pretraining did not help") for line in lines) == warned
+
+
+def test_layerwise_decay_is_the_references():
+    """The head gets the full rate, the top layer decay^2, layer i decay^(L + 1 - i), the embeddings decay^(L + 2)."""
+    model = electra_core.ElectraForSequenceClassification(electra_core.ElectraConfig.from_preset("tiny"))
+    groups = layerwise_parameter_groups(model, FinetuneConfig(layer_decay=0.5), num_layers=2)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert scale_of[id(named["classifier.out_proj.weight"])] == 1.0
+    assert scale_of[id(named["electra.encoder.layer.1.output.dense.weight"])] == 0.5**2
+    assert scale_of[id(named["electra.encoder.layer.0.output.dense.weight"])] == 0.5**3
+    assert scale_of[id(named["electra.embeddings.word_embeddings.weight"])] == 0.5**4
+    assert scale_of[id(named["electra.embeddings_project.weight"])] == 0.5**4
+
+
 @pytest.mark.parametrize(
     "train_text, eval_text, flags, message",
     [
@@ -122,6 +191,10 @@ def test_regression_on_jsonl_pairs(model_dir, tmp_path):
         ("words\tstars\ngood film\t1\nbad\t0\n", "words\tstars\nok\t1\n", [], "cannot tell which column holds the text"),
         ("sentence\tlabel\ngood film\t1\nbad film\t\n", "sentence\tlabel\nok\t1\n", [],
          "train.tsv: row 2: column 'label' is empty"),
+        ("sentence\tlabel\ngood film\t1\nbad film\t0\n", "sentence\tlabel\nok\t1\n", ["--trials", "0"],
+         "trials must be at least 1"),
+        ("sentence\tlabel\ngood film\t1\nbad film\t0\n", "sentence\tlabel\nok\t1\n", ["--baseline", "imagenet"],
+         "baseline must be one of scratch, none"),
     ],
 )
 def test_bad_data_is_a_one_line_error_naming_file_row_and_column_with_exit_2(

@@ -100,6 +100,13 @@ def test_a_run_trains_logs_checkpoints_and_exports_models_transformers_loads(uni
     assert difference <= 1e-4
     assert transformers.ElectraForMaskedLM.from_pretrained(result["export"]["generator"]) is not None
     assert "global batch 16 = 4 x 2 workers x 2 accumulation" in logs
+    # The run says whether its discriminator ended at its prior, from the last quarter of its records.
+    check = result["discriminator_against_prior"]
+    last = records[-2:]
+    assert check["from_step"] == 10 and check["to_step"] == 12
+    assert check["discriminator_loss"] == pytest.approx(sum(r["discriminator_loss"] for r in last) / 2)
+    assert check["at_prior"] == (check["discriminator_loss"] >= 0.95 * check["prior_loss"])
+    assert ("warning: the discriminator's loss stayed at its prior" in logs) == check["at_prior"]
 
 
 def test_metrics_reach_mlflow_when_a_tracking_uri_is_set(uninterrupted):

@@ -1,0 +1,332 @@
+"""One point of the recipe search: pretrain one configuration in one process, fine-tune it and a scratch
+encoder of the same shape on labeled tasks over several seeds, and append the result to a JSONL file.
+
+The step is the pipeline's: electra_core's model, the pipeline's AdamW, weight-decay rule, clipping and
+warmup-then-linear-decay schedule (pipelines.pretrain.loop), and fine-tuning through the pipeline's own
+`train_trial` (pipelines.finetune.loop), the function each Ray Train worker runs. Only Ray and DeepSpeed are
+left out, so that many configurations fit on two cores; a sweep winner is then checked through `electra run`.
+
+Budgets are counted in training FLOPs (pipelines.pretrain.metrics.training_flops_per_token times the tokens
+of every step, pads included), or given in minutes of this process's wall time; both are recorded.
+
+    python benchmarks/recipe_sweep.py --corpus DIR --task demo=TRAIN,EVAL,accuracy --preset tiny \\
+        --set hidden_size=64 --objective electra --flops 2e14 --lr 1e-3 --seeds 3 --labels all,200 \\
+        --results benchmarks/results/sweep.jsonl --tag my-try
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import logging
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from electra_core import ElectraConfig, ElectraPretrainingModel, load_tokenizer, save_tokenizer  # noqa: E402
+from pipelines.config import FinetuneConfig, PretrainConfig  # noqa: E402
+from pipelines.pretrain.loop import derived_seed, learning_rate, parameter_groups  # noqa: E402
+from pipelines.pretrain.metrics import prior_loss, training_flops_per_token  # noqa: E402
+
+
+def prepared_dataset(corpus: list[str], vocab_size: int, seq_len: int, cache: Path, packing: dict) -> str:
+    """`electra prepare` of the corpus (once per corpus, vocabulary and sequence length)."""
+    key = hashlib.sha256(json.dumps([sorted(corpus), vocab_size, seq_len, packing]).encode()).hexdigest()[:12]
+    output = cache / f"prepared-{key}"
+    if not (output / "_manifest.json").exists():
+        from pipelines.config import PrepareConfig
+        from pipelines.prepare import run_prepare
+
+        run_prepare(PrepareConfig(inputs=corpus, output=str(output), vocab_size=vocab_size, seq_len=seq_len,
+                                  **packing), log=lambda line: print("  " + line, flush=True))
+        import ray
+
+        ray.shutdown()
+    return str(output)
+
+
+def load_rows(data: str) -> dict[str, torch.Tensor]:
+    import pyarrow.parquet as pq
+
+    manifest = json.loads((Path(data) / "_manifest.json").read_text())
+    seq_len = manifest["seq_len"]
+    ids, types = [], []
+    for shard in manifest["shards"]:
+        table = pq.read_table(Path(data) / shard["path"], columns=["input_ids", "token_type_ids"])
+        ids += table.column("input_ids").to_pylist()
+        types += table.column("token_type_ids").to_pylist()
+    input_ids = np.zeros((len(ids), seq_len), dtype=np.int64)
+    token_type_ids = np.zeros((len(ids), seq_len), dtype=np.int64)
+    for row, (a, b) in enumerate(zip(ids, types)):
+        input_ids[row, : len(a)] = a
+        token_type_ids[row, : len(b)] = b
+    input_ids = torch.from_numpy(input_ids)
+    return {"input_ids": input_ids, "token_type_ids": torch.from_numpy(token_type_ids),
+            "attention_mask": (input_ids != 0).long()}
+
+
+def model_config(args, data: str) -> ElectraConfig:
+    """The shape the pipeline would build: the preset fitted to the dataset, `--set` fields as pretrain.model."""
+    from pipelines.pretrain.stage import resolve_model_config
+
+    overrides = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        overrides[key] = json.loads(value) if value[:1].isdigit() or value[:1] in "-[{" else value
+    objective = "electra" if args.objective == "none" else args.objective
+    manifest = json.loads((Path(data) / "_manifest.json").read_text())
+    return resolve_model_config(PretrainConfig(data=data, preset=args.preset, objective=objective, model=overrides),
+                                manifest)
+
+
+def pretrain(config: ElectraConfig, rows: dict, args) -> tuple[ElectraPretrainingModel, dict]:
+    """The pipeline's step in one process; returns the model and what the run did."""
+    torch.manual_seed(args.seed)
+    model = ElectraPretrainingModel(config).train()
+    seq_len = rows["input_ids"].shape[1]
+    flops_per_step = training_flops_per_token(config, seq_len) * args.batch * seq_len
+    steps = args.steps or (max(1, int(args.flops / flops_per_step)) if args.flops else None)
+    schedule = PretrainConfig(data="-", name="sweep", preset="tiny", max_steps=steps or 1_000_000,
+                              lr=args.lr, warmup_steps=None, global_batch_size=args.batch, micro_batch_size=args.batch)
+    optimizer = torch.optim.AdamW(parameter_groups(model, schedule.weight_decay), lr=args.lr, betas=(0.9, 0.999),
+                                  eps=schedule.adam_epsilon, fused=True)
+    bf16 = args.precision == "bf16"
+    count = rows["input_ids"].shape[0]
+    order_rng = np.random.default_rng(args.seed)
+    order = order_rng.permutation(count)
+    cursor, step, records = 0, 0, []
+    window = []
+    generator = torch.Generator()
+    started = time.perf_counter()
+    budget_s = args.minutes * 60 if args.minutes else None
+    while True:
+        elapsed = time.perf_counter() - started
+        if steps is not None and step >= steps:
+            break
+        if budget_s is not None and elapsed >= budget_s:
+            break
+        if steps is not None:
+            lr = learning_rate(schedule, step)
+        else:  # a wall-clock budget: the same warmup-then-decay shape over the fraction of time used
+            progress = elapsed / budget_s
+            warmup = args.warmup
+            lr = args.lr * (min(1.0, progress / warmup) if progress < warmup else max(0.0, (1 - progress) / (1 - warmup)))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if cursor + args.batch > count:
+            order, cursor = order_rng.permutation(count), 0
+        index = torch.from_numpy(order[cursor: cursor + args.batch])
+        cursor += args.batch
+        batch = {k: v[index] for k, v in rows.items()}
+        seed = derived_seed(args.seed, step, 0)
+        torch.manual_seed(seed)
+        generator.manual_seed(seed ^ 0x5DEECE66D)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            output = model(**batch, rng=generator)
+        optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        if args.clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        optimizer.step()
+        window.append(output.statistics()[1])
+        step += 1
+        if step % args.log_every == 0:
+            names = output.statistics()[0]
+            record = {"step": step, "s": round(time.perf_counter() - started, 1), "lr": lr,
+                      **dict(zip(names, torch.stack(window).mean(0).tolist()))}
+            if "replaced_fraction" in record:
+                record["prior"] = prior_loss(record["replaced_fraction"])
+            records.append(record)
+            window = []
+            print("   " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+                  flush=True)
+    seconds = time.perf_counter() - started
+    return model, {"steps": step, "seconds": round(seconds, 1), "flops": step * flops_per_step,
+                   "tokens": step * args.batch * seq_len, "tokens_per_s": step * args.batch * seq_len / seconds,
+                   "records": records[-4:]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fine-tuning through the pipeline's own trial function
+# ----------------------------------------------------------------------------------------------------------
+
+
+def labeled_task(spec: str, labels: str, model_dir: str, recipe: FinetuneConfig):
+    from pipelines.finetune.data import LabelSpace, read_labeled
+    from pipelines.finetune.loop import EncodedTask
+
+    name, files = spec.split("=", 1)
+    train_uri, eval_uri, metric = files.split(",")
+    train = read_labeled(train_uri, None, None, None)
+    evaluation = read_labeled(eval_uri, train.columns[0], train.columns[1], train.columns[2])
+    space = LabelSpace.from_training(train, "classification")
+    texts, pairs, values = train.texts, train.pairs, space.encode(train)
+    if labels != "all":  # the same subset for every configuration
+        keep = sorted(random.Random(0).sample(range(len(texts)), int(labels)))
+        texts, values = [texts[i] for i in keep], [values[i] for i in keep]
+        pairs = None if pairs is None else [pairs[i] for i in keep]
+    task = EncodedTask.from_texts(load_tokenizer(model_dir), recipe.max_seq_len, (texts, pairs, values),
+                                  (evaluation.texts, evaluation.pairs, space.encode(evaluation)),
+                                  "classification", space.num_labels, metric)
+    return name, task, space.names
+
+
+def finetune_values(model_dir: str, start: str, task, names, recipe: FinetuneConfig, seeds: int,
+                    reinit_layers: int = 0) -> list[float]:
+    from pipelines.finetune.loop import build_classifier, train_trial
+
+    values = []
+    for seed in range(seeds):
+        model = build_classifier(model_dir, start, seed, task, names, reinit_layers)
+        result = train_trial(model, task, recipe, seed, start=start, num_layers=model.config.num_hidden_layers,
+                             keep_state=False)
+        values.append(round(result.value, 4))
+    return values
+
+
+def scratch_key(model_dir: str, spec: str, labels: str, recipe: FinetuneConfig, seeds: int) -> str:
+    shape = json.loads((Path(model_dir) / "config.json").read_text())
+    tokenizer = hashlib.sha256((Path(model_dir) / "tokenizer.json").read_bytes()).hexdigest()
+    recipe_fields = {k: getattr(recipe, k) for k in ("lr", "epochs", "batch_size", "layer_decay", "warmup_fraction",
+                                                     "weight_decay", "max_seq_len")}
+    shape = {k: v for k, v in shape.items() if k not in PRETRAINING_ONLY}
+    return hashlib.sha256(json.dumps([shape, tokenizer, spec, labels, recipe_fields, seeds],
+                                     sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Fields of config.json that do not change the fine-tuned encoder's shape.
+PRETRAINING_ONLY = ("objective", "generator_size_fraction", "mask_prob", "mask_token_share", "disc_loss_weight",
+                    "sampling_temperature", "max_predictions_per_seq", "architectures")
+
+
+def read_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", nargs="+", required=True)
+    parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--task", action="append", required=True, metavar="NAME=TRAIN,EVAL,METRIC")
+    parser.add_argument("--labels", default="all", help="comma-separated labeled-set sizes, e.g. all,200")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    parser.add_argument("--objective", default="electra", choices=["electra", "mlm", "none"])
+    parser.add_argument("--flops", type=float, default=None)
+    parser.add_argument("--minutes", type=float, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=float, default=0.1)
+    parser.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (0: none)")
+    parser.add_argument("--finetune-dropout", type=float, default=None,
+                        help="dropout of the fine-tuned model (pretraining may run without)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--ft-lr", type=float, default=3e-3)
+    parser.add_argument("--ft-epochs", type=int, default=4)
+    parser.add_argument("--ft-batch", type=int, default=32)
+    parser.add_argument("--ft-layer-decay", type=float, default=0.8)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--ft-reinit-layers", type=int, default=0, help="re-initialise the top N encoder layers")
+    parser.add_argument("--cache", default="/tmp/recipe-sweep")
+    parser.add_argument("--results", default=str(HERE / "results" / "sweep.jsonl"))
+    parser.add_argument("--tag", default="")
+    parser.add_argument("--reuse", default=None, metavar="MODEL_DIR",
+                        help="fine-tune a discriminator saved by an earlier run instead of pretraining")
+    parser.add_argument("--ft-min-steps", type=int, default=200,
+                        help="more epochs for small labeled sets: at least this many optimizer steps")
+    args = parser.parse_args()
+    if args.objective != "none" and not (args.flops or args.minutes or args.steps):
+        parser.error("give a budget: --flops, --minutes or --steps")
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("electra_core.pretrained").setLevel(logging.ERROR)  # "head newly initialised", each trial
+
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    corpus = [str(Path(c).resolve()) for c in args.corpus]
+    data = prepared_dataset(corpus, args.vocab_size, args.seq_len, cache, {})
+    config = model_config(args, data)
+    work = Path(tempfile.mkdtemp(prefix=f"{args.tag or 'sweep'}-", dir=cache))
+    model_dir = args.reuse or str(work / "discriminator")
+    record = {"time": time.strftime("%Y-%m-%d %H:%M"), "tag": args.tag, "corpus": [Path(c).name for c in corpus],
+              "vocab_size": args.vocab_size, "seq_len": args.seq_len, "preset": args.preset, "set": args.set,
+              "objective": args.objective, "precision": args.precision, "threads": args.threads, "lr": args.lr,
+              "warmup": args.warmup, "clip": args.clip, "finetune_dropout": args.finetune_dropout, "batch": args.batch, "budget": {"flops": args.flops, "minutes": args.minutes, "steps": args.steps}}
+    print(f"# {args.tag}: {json.dumps({k: record[k] for k in ('preset', 'set', 'objective', 'precision', 'lr', 'budget')})}",
+          flush=True)
+    if args.reuse:  # another fine-tuning recipe for a model pretrained before
+        record["reused"] = args.reuse
+    elif args.objective == "none":  # only the scratch baseline of this shape
+        from electra_core import ElectraForPreTraining
+
+        torch.manual_seed(args.seed)
+        ElectraForPreTraining(config.replace(objective="electra")).save_pretrained(model_dir)
+    else:
+        model, run = pretrain(config, load_rows(data), args)
+        record["pretrain"] = run
+        encoder = model.discriminator if model.discriminator is not None else model.generator
+        if args.finetune_dropout is not None:
+            encoder.config = encoder.config.replace(hidden_dropout_prob=args.finetune_dropout,
+                                                    attention_probs_dropout_prob=args.finetune_dropout)
+        encoder.save_pretrained(model_dir)
+    if not args.reuse:
+        save_tokenizer(load_tokenizer(data), model_dir)
+    record["model_dir"] = model_dir
+
+    base_recipe = recipe = FinetuneConfig(lr=args.ft_lr, epochs=args.ft_epochs, batch_size=args.ft_batch,
+                                          layer_decay=args.ft_layer_decay, cpus_per_worker=args.threads)
+    record["finetune"] = {"lr": recipe.lr, "epochs": recipe.epochs, "batch_size": recipe.batch_size,
+                          "layer_decay": recipe.layer_decay, "seeds": args.seeds, "min_steps": args.ft_min_steps,
+                          "reinit_layers": args.ft_reinit_layers}
+    results_path = Path(args.results)
+    known = {r["key"]: r["values"] for r in read_results(results_path) if r.get("kind") == "scratch"}
+    tasks = {}
+    for spec in args.task:
+        for labels in args.labels.split(","):
+            name, task, names = labeled_task(spec, labels, model_dir, recipe)
+            steps_per_epoch = math.ceil(len(task.train) / recipe.batch_size)
+            recipe = dataclasses.replace(base_recipe, epochs=max(base_recipe.epochs,
+                                                                 math.ceil(args.ft_min_steps / steps_per_epoch)))
+            key = scratch_key(model_dir, spec, labels, recipe, args.seeds)
+            if key not in known:
+                known[key] = finetune_values(model_dir, "scratch", task, names, recipe, args.seeds)
+                with results_path.open("a") as handle:
+                    handle.write(json.dumps({"kind": "scratch", "key": key, "task": name, "labels": labels,
+                                             "values": known[key]}) + "\n")
+            scratch = known[key]
+            entry = {"epochs": recipe.epochs, "scratch": scratch, "scratch_mean": round(float(np.mean(scratch)), 4)}
+            if args.objective != "none":
+                pretrained = finetune_values(model_dir, "pretrained", task, names, recipe, args.seeds,
+                                             args.ft_reinit_layers)
+                entry.update(pretrained=pretrained, mean=round(float(np.mean(pretrained)), 4),
+                             gain=round(float(np.mean(pretrained) - np.mean(scratch)), 4))
+            tasks[f"{name}@{labels}"] = entry
+            print(f"  {name}@{labels}: " + json.dumps(entry), flush=True)
+    record["tasks"] = tasks
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    with results_path.open("a") as handle:
+        handle.write(json.dumps({"kind": "run", **record}) + "\n")
+    print(f"# done: {args.tag}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
