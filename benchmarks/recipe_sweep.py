@@ -254,7 +254,7 @@ def main() -> None:
     parser.add_argument("--ft-min-steps", type=int, default=200,
                         help="more epochs for small labeled sets: at least this many optimizer steps")
     args = parser.parse_args()
-    if args.objective != "none" and not (args.flops or args.minutes or args.steps):
+    if args.objective != "none" and not (args.flops or args.minutes or args.steps or args.reuse):
         parser.error("give a budget: --flops, --minutes or --steps")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

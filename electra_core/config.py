@@ -15,6 +15,7 @@ from typing import Any
 from electra_core import storage
 
 OBJECTIVES = ("electra", "mlm")
+EMBEDDING_SHARING = ("shared", "disentangled", "encoder", "none")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
 # Fields transformers writes that this implementation fixes to one value; kept in config.json so that
@@ -96,6 +97,12 @@ class ElectraConfig:
     token. 0.85 as the reference implementation, for its ELECTRA and its BERT objective alike."""
     max_predictions_per_seq: int | None = None
     """Prediction slots per sequence; None: the reference's int((mask_prob + 0.005) * sequence length)."""
+    embedding_sharing: str = "shared"
+    """What generator and discriminator share. shared: the embedding module (token, position and type embeddings,
+    LayerNorm), as the paper; disentangled: the same, except that the discriminator's token embeddings are the
+    generator's with the gradient stopped plus a residual of its own (DeBERTaV3's gradient-disentangled
+    sharing; the export holds their sum); encoder: the whole encoder, the generator being the discriminator with
+    a masked-LM head (the paper's tie-all-weights, needs generator_size_fraction 1); none: nothing."""
     disc_loss_weight: float = 50.0
     """Lambda: weight of the discriminator loss against the generator's MLM loss."""
     sampling_temperature: float = 1.0
@@ -129,6 +136,12 @@ class ElectraConfig:
         if self.max_predictions_per_seq is not None and self.max_predictions_per_seq < 1:
             raise ValueError(f"ElectraConfig.max_predictions_per_seq must be positive or None, "
                              f"got {self.max_predictions_per_seq!r}")
+        if self.embedding_sharing not in EMBEDDING_SHARING:
+            raise ValueError(f"ElectraConfig.embedding_sharing must be one of {EMBEDDING_SHARING}, "
+                             f"got {self.embedding_sharing!r}")
+        if self.embedding_sharing == "encoder" and self.generator_size_fraction != 1.0:
+            raise ValueError("ElectraConfig.embedding_sharing 'encoder' needs generator_size_fraction 1.0, got "
+                             f"{self.generator_size_fraction!r}")
         if self.sampling_temperature <= 0.0:
             raise ValueError(f"ElectraConfig.sampling_temperature must be > 0, got {self.sampling_temperature!r}")
         if self.problem_type not in PROBLEM_TYPES:

@@ -75,10 +75,13 @@ class ElectraEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
+                word_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """word_embeddings: a (vocab, embedding_size) table to use instead of this module's own."""
         seq_len = input_ids.shape[1]
         positions = torch.arange(seq_len, device=input_ids.device)
-        embeddings = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+        words = self.word_embeddings(input_ids) if word_embeddings is None else F.embedding(input_ids, word_embeddings)
+        embeddings = words + self.position_embeddings(positions)
         if token_type_ids is None:
             embeddings = embeddings + self.token_type_embeddings.weight[0]
         else:
@@ -240,9 +243,10 @@ class ElectraModel(ElectraPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        word_embeddings: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Returns the last layer's hidden states, (batch, seq, hidden_size)."""
-        hidden_states = self.embeddings(input_ids, token_type_ids)
+        hidden_states = self.embeddings(input_ids, token_type_ids, word_embeddings)
         if hasattr(self, "embeddings_project"):
             hidden_states = self.embeddings_project(hidden_states)
         return self.encoder(hidden_states, attention_bias_from_mask(attention_mask))
@@ -422,7 +426,8 @@ class ElectraPretrainingModel(nn.Module):
 
     electra: a small generator fills masked positions with sampled tokens, the discriminator labels every
     non-pad token original/replaced; loss = generator MLM loss + disc_loss_weight * discriminator loss.
-    Generator and discriminator share the embedding module (token, position, type, LayerNorm).
+    Generator and discriminator share the embedding module (token, position, type, LayerNorm), or as
+    `embedding_sharing` says.
     mlm: one discriminator-sized ElectraForMaskedLM with the same masking (the reference's BERT objective).
     """
 
@@ -444,11 +449,29 @@ class ElectraPretrainingModel(nn.Module):
             return
         self.generator = generator or ElectraForMaskedLM(generator_config or config.generator_config())
         self.discriminator = discriminator or ElectraForPreTraining(config)
+        if config.embedding_sharing == "disentangled":
+            # Loaded from an export, the discriminator's table is the sum: the residual is what it adds.
+            table = self.generator.electra.embeddings.word_embeddings.weight
+            residual = self.discriminator.electra.embeddings.word_embeddings.weight.detach() - table.detach() \
+                if discriminator is not None else torch.zeros_like(table)
+            self.embedding_residual = nn.Parameter(residual.clone())
         self.share_embeddings()
 
     def share_embeddings(self) -> None:
-        self.generator.electra.embeddings = self.discriminator.electra.embeddings
+        sharing = self.config.embedding_sharing
+        if sharing == "encoder":
+            self.generator.electra = self.discriminator.electra
+        elif sharing == "shared":
+            self.generator.electra.embeddings = self.discriminator.electra.embeddings
+        elif sharing == "disentangled":  # the shared table is the generator's; the discriminator adds its residual
+            self.discriminator.electra.embeddings = self.generator.electra.embeddings
         self.generator.tie_weights()
+
+    def discriminator_word_embeddings(self) -> torch.Tensor | None:
+        """The discriminator's token-embedding table when it is not simply the shared module's."""
+        if self.config.embedding_sharing != "disentangled":
+            return None
+        return self.generator.electra.embeddings.word_embeddings.weight.detach() + self.embedding_residual
 
     def forward(
         self,
@@ -488,9 +511,8 @@ class ElectraPretrainingModel(nn.Module):
             sampled = masking.sample_tokens(logits.detach(), config.sampling_temperature, generator=rng)
             discriminator_input = slots.write(input_ids, sampled)
             is_replaced = (discriminator_input != input_ids).float()
-        disc_logits = self.discriminator.discriminator_predictions(
-            self.discriminator.electra(discriminator_input, attention_mask, token_type_ids)
-        )
+        disc_logits = self.discriminator.discriminator_predictions(self.discriminator.electra(
+            discriminator_input, attention_mask, token_type_ids, self.discriminator_word_embeddings()))
         # Weighted over non-pad tokens: full tensors, no boolean indexing.
         active = attention_mask.float()
         active_count = active.sum().clamp(min=1.0)
@@ -514,8 +536,18 @@ class ElectraPretrainingModel(nn.Module):
     def save_pretrained(self, uri: str) -> None:
         """Writes `generator/` and, for electra, `discriminator/`; each loads into transformers on its own."""
         self.generator.save_pretrained(join(uri, "generator"))
-        if self.discriminator is not None:
+        if self.discriminator is None:
+            return
+        table = self.discriminator_word_embeddings()
+        if table is None:
             self.discriminator.save_pretrained(join(uri, "discriminator"))
+            return
+        # Disentangled sharing: the exported discriminator is a plain one whose table is the sum.
+        merged = ElectraForPreTraining(self.config)
+        merged.load_state_dict(self.discriminator.state_dict())
+        with torch.no_grad():
+            merged.electra.embeddings.word_embeddings.weight.copy_(table)
+        merged.save_pretrained(join(uri, "discriminator"))
 
     @classmethod
     def from_pretrained(cls, uri: str, **config_overrides) -> "ElectraPretrainingModel":

@@ -104,7 +104,9 @@ class PretrainConfig:
     zero_stage: int = 2
     """DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3; a single worker always runs stage 0."""
     precision: str = "auto"
-    """fp32, bf16 or fp16; auto is bf16 on GPU and fp32 on CPU."""
+    """fp32, bf16 or fp16 (GPUs only). auto: bf16 on GPUs, and on CPUs whose instruction set has bf16 matrix
+    arithmetic (avx512_bf16 or amx_bf16 in /proc/cpuinfo on the driver), else fp32. On CPU, bf16 is autocast:
+    weights, optimizer and gradients stay fp32, matrix products run in bf16."""
     global_batch_size: int = 128
     """Sequences per optimizer step across all workers; the same for any number of workers."""
     micro_batch_size: int = 32
@@ -155,8 +157,8 @@ class PretrainConfig:
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.gpus_per_worker not in (0, 1):
             raise ValueError(f"gpus_per_worker must be 0 or 1, got {self.gpus_per_worker}")
-        if self.gpus_per_worker == 0 and self.precision in ("bf16", "fp16"):
-            raise ValueError(f"precision {self.precision} needs GPUs (gpus_per_worker: 1); CPU runs train in fp32")
+        if self.gpus_per_worker == 0 and self.precision == "fp16":
+            raise ValueError("precision fp16 needs GPUs (gpus_per_worker: 1); on CPU use bf16 or fp32")
         for name in ("workers", "cpus_per_worker", "global_batch_size", "micro_batch_size", "max_steps", "checkpoint_every",
                      "keep_checkpoints", "log_every", "shuffle_window"):
             if getattr(self, name) < 1:
@@ -181,7 +183,19 @@ class PretrainConfig:
     def resolved_precision(self) -> str:
         if self.precision != "auto":
             return self.precision
-        return "bf16" if self.gpus_per_worker else "fp32"
+        return "bf16" if self.gpus_per_worker or cpu_has_native_bf16() else "fp32"
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this machine's CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX): there bf16 autocast
+    trains 1.2-1.8x faster than fp32 (measured on an AVX512-BF16 AMD EPYC, README); elsewhere it is emulated
+    and slower."""
+    try:
+        with open(cpuinfo) as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
 
 
 BASELINES = ("scratch", "none")

@@ -71,11 +71,16 @@ def clips_in_loop(config: PretrainConfig, world_size: int) -> bool:
     gives the gradient norm; DeepSpeed's own clipping there reads every parameter's norm to the host one at a
     time and reports no norm. ZeRO and mixed precision keep DeepSpeed's clipping (gradients are partitioned
     or kept in its own buffers)."""
-    return effective_zero_stage(config, world_size) == 0 and config.resolved_precision == "fp32"
+    return effective_zero_stage(config, world_size) == 0 and deepspeed_precision(config) == "fp32"
+
+
+def deepspeed_precision(config: PretrainConfig) -> str:
+    """DeepSpeed's own mixed precision on GPUs; on CPU, bf16 is torch's autocast around an fp32 engine."""
+    return config.resolved_precision if config.gpus_per_worker else "fp32"
 
 
 def deepspeed_config(config: PretrainConfig, world_size: int) -> dict:
-    precision = config.resolved_precision
+    precision = deepspeed_precision(config)
     return {
         "train_micro_batch_size_per_gpu": config.micro_batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
@@ -126,6 +131,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # One rank has nothing to average: skip DeepSpeed's flatten, all-reduce and copy-back of every gradient.
         engine.enable_backward_allreduce = False
     clip_here = clips_in_loop(config, world_size)
+    cpu_autocast = not config.gpus_per_worker and config.resolved_precision == "bf16"
     start_step, data_start = 0, 0
     if resumed is not None:
         checkpoints.restore_optimizer_state(engine, resumed.params, resumed.moments,
@@ -165,7 +171,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             seed = derived_seed(config.seed, step, index)
             torch.manual_seed(seed)  # dropout
             generator.manual_seed(seed ^ 0x5DEECE66D)  # masking and sampling
-            output = engine(**batch, rng=generator)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_autocast):
+                output = engine(**batch, rng=generator)
             engine.backward(output.loss)
             if clip_here and micro == accumulation - 1:  # gradients complete (and averaged across ranks)
                 grad_norm = torch.nn.utils.clip_grad_norm_(engine.module.parameters(), config.grad_clip)

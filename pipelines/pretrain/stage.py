@@ -6,6 +6,7 @@ pipelines.pretrain.loop) -> result record (export URIs, final metrics) for the n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -19,8 +20,6 @@ from pipelines.pretrain.checkpoint import drop_stale_ray_snapshot, list_checkpoi
 
 def with_absolute_local_paths(config: PretrainConfig) -> PretrainConfig:
     """Workers may run in another directory: local paths are made absolute on the driver."""
-    import dataclasses
-
     return dataclasses.replace(config, data=storage.absolute(config.data), storage=storage.absolute(config.storage),
                                init_from=storage.absolute(config.init_from))
 
@@ -55,6 +54,8 @@ def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) 
     """Runs (or resumes) the pretraining run STORAGE/NAME; returns its result record."""
     started = time.perf_counter()
     config = with_absolute_local_paths(config)
+    # auto is decided here, once, so that every worker trains in the same precision.
+    config = dataclasses.replace(config, precision=config.resolved_precision)
     if not config.data:
         raise InputError("--data is required (an `electra prepare` output)")
     if not config.name:

@@ -165,3 +165,40 @@ def test_training_attention_path_matches_the_inference_kernel_on_padded_batches(
         inference = model.eval()(input_ids, attention_mask).logits
     keep = attention_mask.bool()
     assert torch.allclose(training[keep], inference[keep], atol=1e-5)
+
+
+@pytest.mark.parametrize("sharing, fraction", [("shared", 0.5), ("disentangled", 0.5), ("encoder", 1.0),
+                                               ("none", 0.5)])
+def test_each_embedding_sharing_exports_a_discriminator_that_computes_what_training_saw(sharing, fraction, tmp_path):
+    config = ElectraConfig.from_preset("tiny", embedding_sharing=sharing, generator_size_fraction=fraction)
+    model = ElectraPretrainingModel(config)
+    if sharing == "disentangled":
+        with torch.no_grad():
+            model.embedding_residual.normal_()  # as if trained: the export must hold the sum
+    model.save_pretrained(str(tmp_path))
+    model.eval()
+    input_ids = token_batch(config)
+    seen = model.discriminator.electra(input_ids, word_embeddings=model.discriminator_word_embeddings())
+    exported = electra_core.ElectraForPreTraining.from_pretrained(str(tmp_path / "discriminator")).eval()
+    assert torch.allclose(seen, exported.electra(input_ids), atol=1e-6)
+    reloaded = ElectraPretrainingModel.from_pretrained(str(tmp_path)).eval()
+    rng = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    assert torch.allclose(model(input_ids=input_ids, rng=rng()).loss, reloaded(input_ids=input_ids, rng=rng()).loss)
+
+
+def test_disentangled_sharing_stops_the_discriminator_loss_at_the_generator_embeddings():
+    config = ElectraConfig.from_preset("tiny", embedding_sharing="disentangled")
+    model = ElectraPretrainingModel(config)
+    model(input_ids=token_batch(config), rng=torch.Generator().manual_seed(0)).discriminator_loss.backward()
+    assert model.generator.electra.embeddings.word_embeddings.weight.grad is None
+    assert model.embedding_residual.grad.abs().sum() > 0
+    shared = ElectraPretrainingModel(ElectraConfig.from_preset("tiny"))
+    shared(input_ids=token_batch(config), rng=torch.Generator().manual_seed(0)).discriminator_loss.backward()
+    assert shared.generator.electra.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_an_unknown_embedding_sharing_or_a_tied_encoder_of_another_width_is_refused():
+    with pytest.raises(ValueError, match="embedding_sharing must be one of"):
+        ElectraConfig.from_preset("tiny", embedding_sharing="tied")
+    with pytest.raises(ValueError, match="needs generator_size_fraction 1.0"):
+        ElectraConfig.from_preset("tiny", embedding_sharing="encoder")

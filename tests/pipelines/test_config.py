@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from pipelines.cli import main
-from pipelines.config import FinetuneConfig, PrepareConfig, PretrainConfig, build_stage_config, field_docs
+from pipelines.config import (FinetuneConfig, PrepareConfig, PretrainConfig, build_stage_config, cpu_has_native_bf16,
+                              field_docs)
 from pipelines.errors import InputError
 from tests.pipelines.conftest import command_errors
 
@@ -68,3 +69,18 @@ def test_a_preset_that_does_not_exist_is_refused_with_exit_2(tmp_path, capsys):
     status = main(["pretrain", "--data", str(tmp_path), "--name", "x", "--preset", "huge"])
     (error,) = command_errors(capsys.readouterr().err)
     assert status == 2 and "preset must be one of" in error and "huge" in error
+
+
+@pytest.mark.parametrize("flags, native", [("fpu avx2 avx512f avx512_bf16 sha_ni", True),
+                                           ("fpu avx2 amx_bf16 amx_tile", True), ("fpu sse4_2 avx2 fma", False)])
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
+    (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n")
+    assert cpu_has_native_bf16(str(tmp_path / "cpuinfo")) is native
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is False
+
+
+def test_cpu_training_takes_bf16_autocast_but_not_fp16():
+    assert PretrainConfig(precision="bf16").resolved_precision == "bf16"
+    assert PretrainConfig(precision="auto", gpus_per_worker=1).resolved_precision == "bf16"
+    with pytest.raises(ValueError, match="fp16 needs GPUs"):
+        PretrainConfig(precision="fp16")
