@@ -99,7 +99,8 @@ def pretrain(config: ElectraConfig, rows: dict, args) -> tuple[ElectraPretrainin
     flops_per_step = training_flops_per_token(config, seq_len) * args.batch * seq_len
     steps = args.steps or (max(1, int(args.flops / flops_per_step)) if args.flops else None)
     schedule = PretrainConfig(data="-", name="sweep", preset="tiny", max_steps=steps or 1_000_000,
-                              lr=args.lr, warmup_steps=None, global_batch_size=args.batch, micro_batch_size=args.batch)
+                              lr=args.lr, warmup_steps=None, global_batch_size=args.batch, micro_batch_size=args.batch,
+                              weight_decay=args.weight_decay)
     optimizer = torch.optim.AdamW(parameter_groups(model, schedule.weight_decay), lr=args.lr, betas=(0.9, 0.999),
                                   eps=schedule.adam_epsilon, fused=True)
     bf16 = args.precision == "bf16"
@@ -135,8 +136,13 @@ def pretrain(config: ElectraConfig, rows: dict, args) -> tuple[ElectraPretrainin
         generator.manual_seed(seed ^ 0x5DEECE66D)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             output = model(**batch, rng=generator)
+        loss = output.loss
+        if args.disc_warmup and output.discriminator_loss is not None:
+            # the discriminator's weight ramps up from 0 while the generator gets past random replacements
+            ramp = min(1.0, step / max(1, args.disc_warmup * (steps or 1)))
+            loss = output.generator_loss + ramp * config.disc_loss_weight * output.discriminator_loss
         optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
+        loss.backward()
         if args.clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
@@ -233,6 +239,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=float, default=0.1)
     parser.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (0: none)")
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--disc-warmup", type=float, default=0.0,
+                        help="ramp the discriminator loss weight from 0 over this fraction of the steps")
     parser.add_argument("--finetune-dropout", type=float, default=None,
                         help="dropout of the fine-tuned model (pretraining may run without)")
     parser.add_argument("--batch", type=int, default=32)
@@ -270,7 +279,7 @@ def main() -> None:
     record = {"time": time.strftime("%Y-%m-%d %H:%M"), "tag": args.tag, "corpus": [Path(c).name for c in corpus],
               "vocab_size": args.vocab_size, "seq_len": args.seq_len, "preset": args.preset, "set": args.set,
               "objective": args.objective, "precision": args.precision, "threads": args.threads, "lr": args.lr,
-              "warmup": args.warmup, "clip": args.clip, "finetune_dropout": args.finetune_dropout, "batch": args.batch, "budget": {"flops": args.flops, "minutes": args.minutes, "steps": args.steps}}
+              "warmup": args.warmup, "clip": args.clip, "weight_decay": args.weight_decay, "disc_warmup": args.disc_warmup, "finetune_dropout": args.finetune_dropout, "batch": args.batch, "budget": {"flops": args.flops, "minutes": args.minutes, "steps": args.steps}}
     print(f"# {args.tag}: {json.dumps({k: record[k] for k in ('preset', 'set', 'objective', 'precision', 'lr', 'budget')})}",
           flush=True)
     if args.reuse:  # another fine-tuning recipe for a model pretrained before

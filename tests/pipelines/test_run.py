@@ -48,8 +48,14 @@ finetune: {{train: {tmp_path / 'train.jsonl'}, eval: {tmp_path / 'eval.jsonl'}, 
 
 def test_scheduled_runs_skip_unchanged_stages_and_continue_on_new_data(pipeline_file, tmp_path):
     root = tmp_path / "root"
-    first = run_pipeline(str(pipeline_file), log=lambda *_: None)
+    lines: list[str] = []
+    first = run_pipeline(str(pipeline_file), log=lines.append)
     assert not any(first[stage]["skipped"] for stage in ("data", "pretrain", "finetune"))
+    # Every run fine-tunes random weights of the same shape beside the pretrained model and reports the gain.
+    tuned = first["finetune"]
+    assert tuned["baseline"] == "scratch" and tuned["pretraining_gain"] == pytest.approx(
+        tuned["value"] - tuned["baseline_value"])
+    assert f"gain         {tuned['pretraining_gain']:+.4f} accuracy" in lines[-1]
     assert first["pretrain"]["steps"] == 4 and first["registry"]["version"] == "1"
     assert "champion" in first["registry"]["decision"]
     assert (root / "mlflow" / "mlflow.db").exists()  # the embedded registry lives with the outputs
@@ -84,6 +90,7 @@ def test_scheduled_runs_skip_unchanged_stages_and_continue_on_new_data(pipeline_
 
     last_run = json.loads((root / "last_run.json").read_text())
     assert last_run["registry"]["version"] == "2" and last_run["config"]["pretrain"]["max_steps"] == 4
+    assert last_run["finetune"]["pretraining_gain"] == third["finetune"]["pretraining_gain"]
     mlflow.set_tracking_uri(None)
 
 
