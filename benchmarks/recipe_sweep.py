@@ -95,6 +95,11 @@ def pretrain(config: ElectraConfig, rows: dict, args) -> tuple[ElectraPretrainin
     """The pipeline's step in one process; returns the model and what the run did."""
     torch.manual_seed(args.seed)
     model = ElectraPretrainingModel(config).train()
+    if args.unigram_bias:
+        # The generator starts out sampling words at their corpus frequency instead of uniformly.
+        counts = torch.bincount(rows["input_ids"].flatten(), minlength=config.vocab_size).double()
+        with torch.no_grad():
+            model.generator.generator_lm_head.bias.copy_((counts + 1).log() - (counts + 1).log().mean())
     seq_len = rows["input_ids"].shape[1]
     flops_per_step = training_flops_per_token(config, seq_len) * args.batch * seq_len
     steps = args.steps or (max(1, int(args.flops / flops_per_step)) if args.flops else None)
@@ -240,6 +245,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=0.1)
     parser.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (0: none)")
     parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--unigram-bias", action="store_true",
+                        help="initialise the generator's output bias to the corpus' log unigram frequencies")
     parser.add_argument("--disc-warmup", type=float, default=0.0,
                         help="ramp the discriminator loss weight from 0 over this fraction of the steps")
     parser.add_argument("--finetune-dropout", type=float, default=None,
@@ -279,7 +286,7 @@ def main() -> None:
     record = {"time": time.strftime("%Y-%m-%d %H:%M"), "tag": args.tag, "corpus": [Path(c).name for c in corpus],
               "vocab_size": args.vocab_size, "seq_len": args.seq_len, "preset": args.preset, "set": args.set,
               "objective": args.objective, "precision": args.precision, "threads": args.threads, "lr": args.lr,
-              "warmup": args.warmup, "clip": args.clip, "weight_decay": args.weight_decay, "disc_warmup": args.disc_warmup, "finetune_dropout": args.finetune_dropout, "batch": args.batch, "budget": {"flops": args.flops, "minutes": args.minutes, "steps": args.steps}}
+              "warmup": args.warmup, "clip": args.clip, "unigram_bias": args.unigram_bias, "weight_decay": args.weight_decay, "disc_warmup": args.disc_warmup, "finetune_dropout": args.finetune_dropout, "batch": args.batch, "budget": {"flops": args.flops, "minutes": args.minutes, "steps": args.steps}}
     print(f"# {args.tag}: {json.dumps({k: record[k] for k in ('preset', 'set', 'objective', 'precision', 'lr', 'budget')})}",
           flush=True)
     if args.reuse:  # another fine-tuning recipe for a model pretrained before
