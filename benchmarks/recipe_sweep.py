@@ -200,7 +200,10 @@ def finetune_values(model_dir: str, start: str, task, names, recipe: FinetuneCon
 
     values = []
     for seed in range(seeds):
-        model = build_classifier(model_dir, start, seed, task, names, reinit_layers)
+        model = build_classifier(model_dir, start, seed, task, names)
+        if start == "pretrained" and reinit_layers:  # fresh top layers (Zhang et al. 2021, few-sample fine-tuning)
+            for layer in model.electra.encoder.layer[-reinit_layers:]:
+                layer.apply(model._init_module)
         result = train_trial(model, task, recipe, seed, start=start, num_layers=model.config.num_hidden_layers,
                              keep_state=False)
         values.append(round(result.value, 4))

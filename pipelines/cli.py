@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+import types
 import typing
 
 from pipelines.errors import InputError
@@ -30,6 +31,13 @@ def stage_config_class(command: str) -> type:
     return getattr(pipelines.config, STAGES[command][0])
 
 
+def optional_inner(annotation: object) -> object:
+    """`X` for `X | None` (or `Optional[X]`); any other annotation, `list[str]` included, as it is."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> list[str]:
     """One flag per field of `cls` (mappings excepted: --set sets them); returns the fields that got one."""
     from pipelines.config import field_docs
@@ -39,8 +47,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> list[str]:
     names = []
     for field in dataclasses.fields(cls):
         annotation = hints[field.name]
-        options = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
-        kind = options[0]
+        kind = optional_inner(annotation)
         if typing.get_origin(kind) is dict:
             continue
         flag = _FLAG_NAMES.get(field.name, "--" + field.name.replace("_", "-"))

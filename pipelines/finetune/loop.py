@@ -132,8 +132,8 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, task_type: str, num_labels:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def build_classifier(model_dir: str, start: str, seed: int, task: EncodedTask, label_names: list[str],
-                     reinit_layers: int = 0) -> ElectraForSequenceClassification:
+def build_classifier(model_dir: str, start: str, seed: int, task: EncodedTask,
+                     label_names: list[str]) -> ElectraForSequenceClassification:
     """The classifier a trial starts from: the pretrained discriminator with a new head, or (scratch) random
     weights of the same shape, built from the pretrained model's own config.json (the same tokenizer is used)."""
     regression = task.task_type == "regression"
@@ -142,10 +142,7 @@ def build_classifier(model_dir: str, start: str, seed: int, task: EncodedTask, l
                      problem_type="regression" if regression else "single_label_classification")
     torch.manual_seed(seed)  # the head's (and, from scratch, every weight's) initialisation
     if start == PRETRAINED:
-        model = ElectraForSequenceClassification.from_pretrained(model_dir, **overrides)
-        for layer in model.electra.encoder.layer[len(model.electra.encoder.layer) - reinit_layers:] if reinit_layers else []:
-            layer.apply(model._init_module)  # fresh top layers (Zhang et al. 2021, "Revisiting few-sample BERT fine-tuning")
-        return model
+        return ElectraForSequenceClassification.from_pretrained(model_dir, **overrides)
     config = ElectraConfig.load(storage.join(model_dir, "config.json")).replace(**overrides)
     return ElectraForSequenceClassification(config)
 
