@@ -84,7 +84,8 @@ def model_config(args, data: str) -> ElectraConfig:
     overrides = {}
     for item in args.set:
         key, value = item.split("=", 1)
-        overrides[key] = json.loads(value) if value[:1].isdigit() or value[:1] in "-[{" else value
+        overrides[key] = json.loads(value) if value[:1].isdigit() or value[:1] in "-[{" or value in ("true", "false") \
+            else value
     objective = "electra" if args.objective == "none" else args.objective
     manifest = json.loads((Path(data) / "_manifest.json").read_text())
     return resolve_model_config(PretrainConfig(data=data, preset=args.preset, objective=objective, model=overrides),
@@ -194,13 +195,36 @@ def labeled_task(spec: str, labels: str, model_dir: str, recipe: FinetuneConfig)
     return name, task, space.names
 
 
+def use_relative_lr() -> None:
+    """Fine-tuning's matrices get lr x max(1, RMS / initializer_range), fixed at the start: a pretrained tensor
+    grown k times past its initial scale moves, relative to its size, as fast as a fresh one under Adam (the
+    trust-ratio idea of LARS / LAMB, You et al. 2019). Fresh weights keep the plain rate."""
+    import pipelines.finetune.loop as loop
+
+    plain = loop.layerwise_parameter_groups
+
+    def groups(model, config, num_layers):
+        init = model.config.initializer_range if not hasattr(model, "module") else model.module.config.initializer_range
+        result = []
+        for group in plain(model, config, num_layers):
+            if not group["weight_decay"] and config.weight_decay:
+                result.append(group)
+                continue
+            for param in group["params"]:
+                ratio = max(1.0, param.detach().pow(2).mean().sqrt().item() / init)
+                result.append({**group, "params": [param], "lr_scale": group["lr_scale"] * ratio})
+        return result
+
+    loop.layerwise_parameter_groups = groups
+
+
 def finetune_values(model_dir: str, start: str, task, names, recipe: FinetuneConfig, seeds: int,
-                    reinit_layers: int = 0) -> list[float]:
+                    reinit_layers: int = 0, rescale: bool = False) -> list[float]:
     from pipelines.finetune.loop import build_classifier, train_trial
 
     values = []
     for seed in range(seeds):
-        model = build_classifier(model_dir, start, seed, task, names)
+        model = build_classifier(model_dir, start, seed, task, names, rescale_embeddings=rescale)
         if start == "pretrained" and reinit_layers:  # fresh top layers (Zhang et al. 2021, few-sample fine-tuning)
             for layer in model.electra.encoder.layer[-reinit_layers:]:
                 layer.apply(model._init_module)
@@ -264,6 +288,11 @@ def main() -> None:
     parser.add_argument("--ft-batch", type=int, default=32)
     parser.add_argument("--ft-layer-decay", type=float, default=0.8)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--ft-rescale-embeddings", action="store_true",
+                        help="fine-tuning's rescale_embeddings (FinetuneConfig): the pretrained embedding tables at the "
+                             "initialisation's RMS, a function-preserving change")
+    parser.add_argument("--ft-relative-lr", action="store_true",
+                        help="scale each matrix's fine-tuning lr by its RMS over the initialisation's")
     parser.add_argument("--ft-reinit-layers", type=int, default=0, help="re-initialise the top N encoder layers")
     parser.add_argument("--cache", default="/tmp/recipe-sweep")
     parser.add_argument("--results", default=str(HERE / "results" / "sweep.jsonl"))
@@ -276,6 +305,8 @@ def main() -> None:
     if args.objective != "none" and not (args.flops or args.minutes or args.steps or args.reuse):
         parser.error("give a budget: --flops, --minutes or --steps")
     torch.set_num_threads(args.threads)
+    if args.ft_relative_lr:
+        use_relative_lr()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.getLogger("electra_core.pretrained").setLevel(logging.ERROR)  # "head newly initialised", each trial
 
@@ -315,7 +346,8 @@ def main() -> None:
                                           layer_decay=args.ft_layer_decay, cpus_per_worker=args.threads)
     record["finetune"] = {"lr": recipe.lr, "epochs": recipe.epochs, "batch_size": recipe.batch_size,
                           "layer_decay": recipe.layer_decay, "seeds": args.seeds, "min_steps": args.ft_min_steps,
-                          "reinit_layers": args.ft_reinit_layers}
+                          "reinit_layers": args.ft_reinit_layers, "rescale_embeddings": args.ft_rescale_embeddings,
+                          "relative_lr": args.ft_relative_lr}
     results_path = Path(args.results)
     known = {r["key"]: r["values"] for r in read_results(results_path) if r.get("kind") == "scratch"}
     tasks = {}
@@ -335,7 +367,7 @@ def main() -> None:
             entry = {"epochs": recipe.epochs, "scratch": scratch, "scratch_mean": round(float(np.mean(scratch)), 4)}
             if args.objective != "none":
                 pretrained = finetune_values(model_dir, "pretrained", task, names, recipe, args.seeds,
-                                             args.ft_reinit_layers)
+                                             args.ft_reinit_layers, args.ft_rescale_embeddings)
                 entry.update(pretrained=pretrained, mean=round(float(np.mean(pretrained)), 4),
                              gain=round(float(np.mean(pretrained) - np.mean(scratch)), 4))
             tasks[f"{name}@{labels}"] = entry

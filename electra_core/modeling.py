@@ -88,6 +88,20 @@ class ElectraEmbeddings(nn.Module):
             embeddings = embeddings + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(embeddings))
 
+    @torch.no_grad()
+    def rescale_(self, target_rms: float) -> float:
+        """Scales the token, position and type tables by one factor so that the token table's RMS becomes
+        `target_rms`; returns the factor. The LayerNorm over their sum makes this function-preserving (up to
+        its epsilon): the model computes the same thing. What changes is plasticity. Pretraining grows the
+        tables several times past their initial scale (the tied generator softmax wants large norms), and
+        Adam's steps have a fixed size, so a grown table moves that many times slower, relative to itself,
+        than a fresh one; a fine-tune then barely adapts the word vectors that a bag-of-words task needs."""
+        rms = self.word_embeddings.weight.float().pow(2).mean().sqrt().item()
+        factor = target_rms / rms if rms > 0 else 1.0
+        for table in (self.word_embeddings, self.position_embeddings, self.token_type_embeddings):
+            table.weight.mul_(factor)
+        return factor
+
 
 class ElectraSelfAttention(nn.Module):
     def __init__(self, config: ElectraConfig):

@@ -53,7 +53,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> list[str]:
         flag = _FLAG_NAMES.get(field.name, "--" + field.name.replace("_", "-"))
         help_text = docs.get(field.name, "").replace("%", "%%")
         if kind is bool:
-            parser.add_argument(flag, dest=field.name, action="store_const", const=True, help=help_text)
+            # --flag / --no-flag, so that a field whose default is true can be turned off as well
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
         elif typing.get_origin(kind) is list:
             parser.add_argument(flag, dest=field.name, nargs="+", metavar="URI", help=help_text)
         else:

@@ -132,9 +132,10 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, task_type: str, num_labels:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def build_classifier(model_dir: str, start: str, seed: int, task: EncodedTask,
-                     label_names: list[str]) -> ElectraForSequenceClassification:
-    """The classifier a trial starts from: the pretrained discriminator with a new head, or (scratch) random
+def build_classifier(model_dir: str, start: str, seed: int, task: EncodedTask, label_names: list[str],
+                     rescale_embeddings: bool = False) -> ElectraForSequenceClassification:
+    """The classifier a trial starts from: the pretrained discriminator with a new head (its embedding tables
+    rescaled to the initialisation's RMS when asked: see FinetuneConfig.rescale_embeddings), or (scratch) random
     weights of the same shape, built from the pretrained model's own config.json (the same tokenizer is used)."""
     regression = task.task_type == "regression"
     overrides = dict(num_labels=1 if regression else len(label_names),
@@ -142,7 +143,10 @@ def build_classifier(model_dir: str, start: str, seed: int, task: EncodedTask,
                      problem_type="regression" if regression else "single_label_classification")
     torch.manual_seed(seed)  # the head's (and, from scratch, every weight's) initialisation
     if start == PRETRAINED:
-        return ElectraForSequenceClassification.from_pretrained(model_dir, **overrides)
+        model = ElectraForSequenceClassification.from_pretrained(model_dir, **overrides)
+        if rescale_embeddings:
+            model.electra.embeddings.rescale_(model.config.initializer_range)
+        return model
     config = ElectraConfig.load(storage.join(model_dir, "config.json")).replace(**overrides)
     return ElectraForSequenceClassification(config)
 
@@ -278,7 +282,7 @@ def finetune_loop_per_worker(loop_config: dict) -> None:
     for trial in range(config.trials):
         seed = config.seed + trial
         for start in starts:
-            model = build_classifier(loop_config["model_dir"], start, seed, task, names)
+            model = build_classifier(loop_config["model_dir"], start, seed, task, names, config.rescale_embeddings)
             num_layers = model.config.num_hidden_layers
             model = ray.train.torch.prepare_model(model)
 

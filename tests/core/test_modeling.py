@@ -202,3 +202,23 @@ def test_an_unknown_embedding_sharing_or_a_tied_encoder_of_another_width_is_refu
         ElectraConfig.from_preset("tiny", embedding_sharing="tied")
     with pytest.raises(ValueError, match="needs generator_size_fraction 1.0"):
         ElectraConfig.from_preset("tiny", embedding_sharing="encoder")
+
+
+def test_rescaling_the_embeddings_keeps_the_outputs_and_brings_the_word_table_to_the_target_scale():
+    config = ElectraConfig.from_preset("tiny", vocab_size=120)
+    torch.manual_seed(0)
+    model = electra_core.ElectraForSequenceClassification(config).eval()
+    with torch.no_grad():  # grown as pretraining grows them, and unevenly across the three tables
+        model.electra.embeddings.word_embeddings.weight.mul_(6.0)
+        model.electra.embeddings.position_embeddings.weight.mul_(3.0)
+    input_ids = torch.randint(5, 120, (3, 12))
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:, 6:] = 1
+    before = model(input_ids, token_type_ids=token_type_ids).logits
+
+    factor = model.electra.embeddings.rescale_(config.initializer_range)
+
+    word_rms = model.electra.embeddings.word_embeddings.weight.pow(2).mean().sqrt().item()
+    assert word_rms == pytest.approx(config.initializer_range, rel=1e-4)
+    assert factor == pytest.approx(1 / 6.0, rel=0.05)
+    torch.testing.assert_close(model(input_ids, token_type_ids=token_type_ids).logits, before, atol=1e-5, rtol=1e-4)

@@ -65,6 +65,16 @@ def test_every_config_field_is_a_flag_with_its_documentation_as_help(command, cl
         assert flag in text and docs[field.name][:40] in text
 
 
+def test_list_fields_take_several_values_and_true_defaults_can_be_turned_off():
+    from pipelines.cli import build_parser
+
+    args = build_parser().parse_args(["prepare", "--input", "a.txt", "b.txt.gz", "--output", "out", "--strict"])
+    assert args.inputs == ["a.txt", "b.txt.gz"] and args.strict is True
+    assert build_parser().parse_args(["finetune", "--no-rescale-embeddings"]).rescale_embeddings is False
+    # left out, a flag leaves the config file's value (or the field's default) in place
+    assert build_parser().parse_args(["finetune"]).rescale_embeddings is None
+
+
 def test_a_preset_that_does_not_exist_is_refused_with_exit_2(tmp_path, capsys):
     status = main(["pretrain", "--data", str(tmp_path), "--name", "x", "--preset", "huge"])
     (error,) = command_errors(capsys.readouterr().err)
