@@ -71,7 +71,7 @@ def run_point(tag: str, corpus: dict, objective: str, flops: float, args) -> Non
     command = [sys.executable, str(HERE / "recipe_sweep.py"), "--tag", tag, "--corpus", *corpus["corpus"],
                "--labels", args.labels, "--seeds", str(args.seeds), "--objective", objective, "--flops", str(flops),
                "--lr", str(args.lr), "--precision", args.precision, "--cache", args.cache, "--results", str(RESULTS),
-               "--log-every", "1000"]
+               "--log-every", "1000", "--ft-rescale-embeddings"]  # fine-tuning as the product does it
     for task in corpus["tasks"]:
         command += ["--task", task]
     for item in args.shape:

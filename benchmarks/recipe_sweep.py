@@ -140,6 +140,9 @@ def pretrain(config: ElectraConfig, rows: dict, args) -> tuple[ElectraPretrainin
         seed = derived_seed(args.seed, step, 0)
         torch.manual_seed(seed)
         generator.manual_seed(seed ^ 0x5DEECE66D)
+        if args.temperature_from:  # Fast-ELECTRA's curriculum (Dong et al. 2024): smooth samples first, then 1
+            progress = step / steps if steps else (time.perf_counter() - started) / budget_s
+            config.sampling_temperature = args.temperature_from + (1.0 - args.temperature_from) * min(1.0, progress)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             output = model(**batch, rng=generator)
         loss = output.loss
@@ -274,6 +277,8 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--unigram-bias", action="store_true",
                         help="initialise the generator's output bias to the corpus' log unigram frequencies")
+    parser.add_argument("--temperature-from", type=float, default=0.0,
+                        help="sampling temperature falling linearly from this value to 1 over the run (0: fixed)")
     parser.add_argument("--disc-warmup", type=float, default=0.0,
                         help="ramp the discriminator loss weight from 0 over this fraction of the steps")
     parser.add_argument("--finetune-dropout", type=float, default=None,
@@ -320,7 +325,7 @@ def main() -> None:
     record = {"time": time.strftime("%Y-%m-%d %H:%M"), "tag": args.tag, "corpus": [Path(c).name for c in corpus],
               "vocab_size": args.vocab_size, "seq_len": args.seq_len, "preset": args.preset, "set": args.set,
               "objective": args.objective, "precision": args.precision, "threads": args.threads, "lr": args.lr,
-              "warmup": args.warmup, "clip": args.clip, "unigram_bias": args.unigram_bias, "weight_decay": args.weight_decay, "disc_warmup": args.disc_warmup, "finetune_dropout": args.finetune_dropout, "batch": args.batch, "budget": {"flops": args.flops, "minutes": args.minutes, "steps": args.steps}}
+              "warmup": args.warmup, "clip": args.clip, "unigram_bias": args.unigram_bias, "weight_decay": args.weight_decay, "disc_warmup": args.disc_warmup, "temperature_from": args.temperature_from, "finetune_dropout": args.finetune_dropout, "batch": args.batch, "budget": {"flops": args.flops, "minutes": args.minutes, "steps": args.steps}}
     print(f"# {args.tag}: {json.dumps({k: record[k] for k in ('preset', 'set', 'objective', 'precision', 'lr', 'budget')})}",
           flush=True)
     if args.reuse:  # another fine-tuning recipe for a model pretrained before

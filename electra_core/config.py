@@ -234,6 +234,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # transformers' ElectraModelTester shapes: runs in milliseconds, for tests.
     "tiny": dict(vocab_size=99, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                  intermediate_size=37, max_position_embeddings=128, generator_size_fraction=0.5),
+    # The CPU-scale shape of the recipe search (benchmarks/recipe_sweep.py, results in benchmarks/results): the
+    # best of those measured at minutes of pretraining on 1-2 cores; its vocabulary comes from the dataset.
+    "mini": dict(embedding_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=256, max_position_embeddings=512, generator_size_fraction=0.25, mask_prob=0.15),
     "small": dict(embedding_size=128, hidden_size=256, num_hidden_layers=12, num_attention_heads=4,
                   intermediate_size=1024, generator_size_fraction=0.25, mask_prob=0.15),
     "base": dict(embedding_size=768, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,

@@ -25,7 +25,7 @@ def test_each_shipped_config_loads_and_validates(path):
     pretrain = configs["pretrain"]
     assert pretrain.global_batch_size % (pretrain.micro_batch_size * pretrain.workers) == 0
     if path.name == "demo.yaml":
-        assert configs["pipeline"].demo_data and pretrain.preset == "tiny" and pretrain.gpus_per_worker == 0
+        assert configs["pipeline"].demo_data and pretrain.preset == "mini" and pretrain.gpus_per_worker == 0
     if path.name == "small-1gpu.yaml":
         assert pretrain.preset == "small" and pretrain.workers == 1 and pretrain.gpus_per_worker == 1
     if path.name == "base-multinode.yaml":
