@@ -317,3 +317,26 @@ def test_the_embedded_default_registry_needs_no_server(model_dir, tmp_path, monk
     assert result["registry"]["tracking_uri"].startswith("sqlite:///") and (tmp_path / "outputs" / "mlflow").is_dir()
     client = mlflow.MlflowClient(tracking_uri=result["registry"]["tracking_uri"])
     assert str(client.get_model_version_by_alias("local-model", "champion").version) == "1"
+
+
+def test_a_pretrained_start_has_its_grown_embeddings_rescaled_without_changing_what_it_computes(model_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from pipelines.finetune.loop import PRETRAINED, build_classifier
+
+    grown = electra_core.ElectraForPreTraining.from_pretrained(model_dir)
+    with torch.no_grad():  # as pretraining leaves them: several times their initial scale
+        grown.electra.embeddings.word_embeddings.weight.mul_(5.0)
+        grown.electra.embeddings.position_embeddings.weight.mul_(2.0)
+    grown.save_pretrained(str(tmp_path / "grown"))
+    electra_core.save_tokenizer(electra_core.load_tokenizer(model_dir), str(tmp_path / "grown"))
+    task = SimpleNamespace(task_type="classification")
+    as_saved = build_classifier(str(tmp_path / "grown"), PRETRAINED, 0, task, ["0", "1"]).eval()
+    rescaled = build_classifier(str(tmp_path / "grown"), PRETRAINED, 0, task, ["0", "1"], rescale_embeddings=True).eval()
+
+    table = rescaled.electra.embeddings.word_embeddings.weight
+    assert table.pow(2).mean().sqrt().item() == pytest.approx(rescaled.config.initializer_range, rel=1e-4)
+    input_ids = torch.randint(5, rescaled.config.vocab_size, (4, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(rescaled(input_ids).logits, as_saved(input_ids).logits, atol=1e-5, rtol=1e-4)
+    assert FinetuneConfig(model="m", train="t", eval="e", output="o").rescale_embeddings  # on by default
