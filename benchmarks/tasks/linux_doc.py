@@ -29,7 +29,7 @@ def prose_paragraphs(text: str) -> list[str]:
         lines = block.split("\n")
         if not lines or any(line[:1] in (" ", "\t") for line in lines) or any(_MARKUP.match(l) for l in lines):
             continue
-        paragraph = " ".join(line.strip() for line in lines)
+        paragraph = " ".join(" ".join(lines).split())  # inner tabs too: the task is a TSV
         letters = sum(c.isalpha() or c == " " for c in paragraph)
         if 80 <= len(paragraph) <= 600 and letters >= 0.85 * len(paragraph):
             paragraphs.append(paragraph)
