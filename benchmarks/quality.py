@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -125,7 +126,7 @@ def show_table(runs: list[dict]) -> None:
     print(f"{'budget':<10} {'task@labels':<16} {'electra':>16} {'mlm':>16} {'no pretraining':>16}")
     cells: dict[tuple, dict] = {}
     for run in table:
-        budget = run["tag"].split("-")[2]
+        budget = "x" + re.search(r"-x([0-9.]+)-", run["tag"]).group(1)  # quality-CORPUS-xN-OBJECTIVE
         for task, entry in run["tasks"].items():
             cell = cells.setdefault((budget, task), {})
             cell[run["objective"]] = entry.get("pretrained", [])
