@@ -93,6 +93,16 @@ def deepspeed_config(config: PretrainConfig, world_size: int) -> dict:
     }
 
 
+def skip_shared_memory_all_reduce_build() -> None:
+    """DeepSpeed's CPU backend compiles a shared-memory all-reduce op (deepspeed_shm_comm) at its first init:
+    about 3 minutes on 2 cores, again in every new environment (the build is keyed by the install path, so a
+    fresh clone's venv rebuilds it). A single rank has nothing to all-reduce; marked incompatible, the op is
+    not built and DeepSpeed's communication falls back to torch.distributed (gloo)."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     import deepspeed
     import ray.train
@@ -125,6 +135,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # the per-tensor default); ZeRO hands it its flat fp32 partitions, which it takes as well.
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.peak_lr,
                                   betas=(0.9, 0.999), eps=config.adam_epsilon, fused=True)
+    if world_size == 1 and device.type == "cpu":
+        skip_shared_memory_all_reduce_build()
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            config=deepspeed_config(config, world_size))
     if world_size == 1:
