@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from electra_core import ElectraConfig, ElectraPretrainingModel, load_tokenizer, save_tokenizer  # noqa: E402
-from pipelines.config import FinetuneConfig, PretrainConfig  # noqa: E402
+from pipelines.config import FinetuneConfig, PretrainConfig, parse_override  # noqa: E402
 from pipelines.pretrain.loop import derived_seed, learning_rate, parameter_groups  # noqa: E402
 from pipelines.pretrain.metrics import prior_loss, training_flops_per_token  # noqa: E402
 
@@ -81,11 +81,7 @@ def model_config(args, data: str) -> ElectraConfig:
     """The shape the pipeline would build: the preset fitted to the dataset, `--set` fields as pretrain.model."""
     from pipelines.pretrain.stage import resolve_model_config
 
-    overrides = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        overrides[key] = json.loads(value) if value[:1].isdigit() or value[:1] in "-[{" or value in ("true", "false") \
-            else value
+    overrides = dict(parse_override(item, "model") for item in args.set)  # YAML values, as `--set` in the CLI
     objective = "electra" if args.objective == "none" else args.objective
     manifest = json.loads((Path(data) / "_manifest.json").read_text())
     return resolve_model_config(PretrainConfig(data=data, preset=args.preset, objective=objective, model=overrides),
@@ -110,6 +106,7 @@ def pretrain(config: ElectraConfig, rows: dict, args) -> tuple[ElectraPretrainin
     optimizer = torch.optim.AdamW(parameter_groups(model, schedule.weight_decay), lr=args.lr, betas=(0.9, 0.999),
                                   eps=schedule.adam_epsilon, fused=True)
     bf16 = args.precision == "bf16"
+    disc_loss_weight = config.disc_loss_weight  # the target of --disc-warmup's ramp
     count = rows["input_ids"].shape[0]
     order_rng = np.random.default_rng(args.seed)
     order = order_rng.permutation(count)
@@ -143,15 +140,12 @@ def pretrain(config: ElectraConfig, rows: dict, args) -> tuple[ElectraPretrainin
         if args.temperature_from:  # Fast-ELECTRA's curriculum (Dong et al. 2024): smooth samples first, then 1
             progress = step / steps if steps else (time.perf_counter() - started) / budget_s
             config.sampling_temperature = args.temperature_from + (1.0 - args.temperature_from) * min(1.0, progress)
+        if args.disc_warmup:  # the discriminator's weight ramps up from 0 while the generator gets past random
+            config.disc_loss_weight = disc_loss_weight * min(1.0, step / max(1, args.disc_warmup * (steps or 1)))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             output = model(**batch, rng=generator)
-        loss = output.loss
-        if args.disc_warmup and output.discriminator_loss is not None:
-            # the discriminator's weight ramps up from 0 while the generator gets past random replacements
-            ramp = min(1.0, step / max(1, args.disc_warmup * (steps or 1)))
-            loss = output.generator_loss + ramp * config.disc_loss_weight * output.discriminator_loss
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        output.loss.backward()
         if args.clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
@@ -207,7 +201,7 @@ def use_relative_lr() -> None:
     plain = loop.layerwise_parameter_groups
 
     def groups(model, config, num_layers):
-        init = model.config.initializer_range if not hasattr(model, "module") else model.module.config.initializer_range
+        init = getattr(model, "module", model).config.initializer_range  # DDP wraps the model
         result = []
         for group in plain(model, config, num_layers):
             if not group["weight_decay"] and config.weight_decay:
