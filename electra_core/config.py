@@ -107,10 +107,6 @@ class ElectraConfig:
     """Lambda: weight of the discriminator loss against the generator's MLM loss."""
     sampling_temperature: float = 1.0
     """Temperature of the generator's softmax when sampling replacements."""
-    corrective_lm_weight: float = 0.0
-    """Weight of a corrective language-model loss on the discriminator (COCO-LM, Meng et al. 2021; METRO,
-    Bajaj et al. 2022): from its states of the corrupted input, the discriminator also predicts the original
-    token at each prediction slot, through the shared token table. 0: the paper's ELECTRA."""
 
     def __post_init__(self) -> None:
         if self.id2label is not None:
@@ -146,8 +142,6 @@ class ElectraConfig:
         if self.embedding_sharing == "encoder" and self.generator_size_fraction != 1.0:
             raise ValueError("ElectraConfig.embedding_sharing 'encoder' needs generator_size_fraction 1.0, got "
                              f"{self.generator_size_fraction!r}")
-        if self.corrective_lm_weight < 0.0:
-            raise ValueError(f"ElectraConfig.corrective_lm_weight must be >= 0, got {self.corrective_lm_weight!r}")
         if self.sampling_temperature <= 0.0:
             raise ValueError(f"ElectraConfig.sampling_temperature must be > 0, got {self.sampling_temperature!r}")
         if self.problem_type not in PROBLEM_TYPES:

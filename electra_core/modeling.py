@@ -418,11 +418,9 @@ class PretrainingOutput:
     replaced_fraction: torch.Tensor | None = None
     masked_tokens: torch.Tensor | None = None
     """Used prediction slots in the batch (a position drawn twice counts twice, as in the loss)."""
-    corrective_lm_loss: torch.Tensor | None = None
-    """The discriminator's corrective LM loss (set when config.corrective_lm_weight > 0)."""
 
     STATISTICS = ("loss", "generator_loss", "generator_accuracy", "discriminator_loss", "discriminator_accuracy",
-                  "replaced_fraction", "corrective_lm_loss")
+                  "replaced_fraction")
 
     def statistics(self) -> tuple[tuple[str, ...], torch.Tensor]:
         """(names, one detached float tensor of the set statistics), still on the device: summing these over
@@ -471,12 +469,6 @@ class ElectraPretrainingModel(nn.Module):
             residual = self.discriminator.electra.embeddings.word_embeddings.weight.detach() - table.detach() \
                 if discriminator is not None else torch.zeros_like(table)
             self.embedding_residual = nn.Parameter(residual.clone())
-        if config.corrective_lm_weight > 0.0:
-            # Hidden -> embedding width, then the discriminator's own token table as the output projection: the
-            # head adds hidden x embedding weights and a bias, and stays out of the exported discriminator.
-            self.corrective_lm = ElectraGeneratorPredictions(config)
-            self.corrective_lm_bias = nn.Parameter(torch.zeros(config.vocab_size))
-            self.corrective_lm.apply(self.discriminator._init_module)
         self.share_embeddings()
 
     def share_embeddings(self) -> None:
@@ -533,9 +525,8 @@ class ElectraPretrainingModel(nn.Module):
             sampled = masking.sample_tokens(logits.detach(), config.sampling_temperature, generator=rng)
             discriminator_input = slots.write(input_ids, sampled)
             is_replaced = (discriminator_input != input_ids).float()
-        disc_table = self.discriminator_word_embeddings()
-        disc_hidden = self.discriminator.electra(discriminator_input, attention_mask, token_type_ids, disc_table)
-        disc_logits = self.discriminator.discriminator_predictions(disc_hidden)
+        disc_logits = self.discriminator.discriminator_predictions(self.discriminator.electra(
+            discriminator_input, attention_mask, token_type_ids, self.discriminator_word_embeddings()))
         # Weighted over non-pad tokens: full tensors, no boolean indexing.
         active = attention_mask.float()
         active_count = active.sum().clamp(min=1.0)
@@ -545,31 +536,15 @@ class ElectraPretrainingModel(nn.Module):
             correct = ((disc_logits > 0).float() == is_replaced).float()
             discriminator_accuracy = (correct * active).sum() / active_count
             replaced_fraction = (is_replaced * active).sum() / active_count
-        loss = generator_loss + config.disc_loss_weight * discriminator_loss
-        corrective_lm_loss = None
-        if config.corrective_lm_weight > 0.0:
-            corrective_lm_loss = self.corrective_lm_loss(disc_hidden, disc_table, slots, targets)
-            loss = loss + config.corrective_lm_weight * corrective_lm_loss
         return PretrainingOutput(
-            loss=loss,
+            loss=generator_loss + config.disc_loss_weight * discriminator_loss,
             generator_loss=generator_loss,
             generator_accuracy=generator_accuracy,
             discriminator_loss=discriminator_loss,
             discriminator_accuracy=discriminator_accuracy,
             replaced_fraction=replaced_fraction,
             masked_tokens=masked_tokens,
-            corrective_lm_loss=corrective_lm_loss,
         )
-
-    def corrective_lm_loss(self, disc_hidden: torch.Tensor, disc_table: torch.Tensor | None,
-                           slots: masking.MaskedSlots, targets: torch.Tensor) -> torch.Tensor:
-        """Weighted mean over the used slots of -log p(original token | the discriminator's state there)."""
-        if disc_table is None:
-            disc_table = self.discriminator.electra.embeddings.word_embeddings.weight
-        states = disc_hidden.gather(1, slots.positions[..., None].expand(-1, -1, disc_hidden.shape[-1]))
-        logits = F.linear(self.corrective_lm(states), disc_table, self.corrective_lm_bias)
-        losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        return (losses * slots.weights.flatten()).sum() / slots.weights.sum().clamp(min=1.0)
 
     # --- Hugging Face directories: discriminator/ and generator/, each a complete model ------------------
     def save_pretrained(self, uri: str) -> None:

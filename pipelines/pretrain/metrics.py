@@ -33,9 +33,6 @@ def training_flops_per_token(config: ElectraConfig, seq_len: int) -> float:
     # The vocabulary projection runs at the masked positions only.
     vocabulary = 2 * config.mask_prob * (generator.hidden_size * generator.embedding_size
                                          + generator.embedding_size * generator.vocab_size)
-    if config.objective != "mlm" and config.corrective_lm_weight > 0.0:  # the discriminator's LM head, same slots
-        vocabulary += 2 * config.mask_prob * (config.hidden_size * config.embedding_size
-                                              + config.embedding_size * config.vocab_size)
     return 3 * (encoder(generator) + discriminator + vocabulary)
 
 
