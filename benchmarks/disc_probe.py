@@ -12,6 +12,7 @@ A discriminator that has learned context scores below both prior_entropy and tok
     python benchmarks/disc_probe.py --shape tiny --lr 1e-3 --steps 600
     python benchmarks/disc_probe.py --shape mini --lr 5e-4 --steps 300 --log-every 50
     python benchmarks/disc_probe.py --shape narrow --lr 1e-3 --noise unigram   # discriminator alone vs fixed noise
+    python benchmarks/disc_probe.py --shape narrow --lr 1e-3 --noise unigram --detector conv   # ... a convolution
     python benchmarks/disc_probe.py --check-sampling   # masking.sample_tokens against torch.multinomial
 
 Shapes: `tiny` is electra_core's preset (hidden 32, 2 layers, embedding 16, FFN 37, 4 heads, generator 1/2);
@@ -88,6 +89,46 @@ def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return ((ranks[positives].sum().item() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+class ConvDetector(torch.nn.Module):
+    """Replaced-token detection by one convolution over 5 tokens: locality built in, no attention, no positions
+    (`--detector conv`, a reference point for how fast the task can be learned from this data)."""
+
+    def __init__(self, vocab_size: int, width: int):
+        super().__init__()
+        self.embeddings = torch.nn.Embedding(vocab_size, width)
+        self.convolution = torch.nn.Conv1d(width, 2 * width, kernel_size=5, padding=2)
+        self.prediction = torch.nn.Linear(2 * width, 1)
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        states = self.convolution(self.embeddings(input_ids).transpose(1, 2)).transpose(1, 2)
+        return self.prediction(F.gelu(states)).squeeze(-1)
+
+
+class TransformersDetector(torch.nn.Module):
+    """transformers' own ElectraForPreTraining of the discriminator's shape (`--detector transformers`)."""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        import transformers
+
+        fields = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                  "intermediate_size", "max_position_embeddings", "hidden_dropout_prob",
+                  "attention_probs_dropout_prob")
+        self.model = transformers.ElectraForPreTraining(
+            transformers.ElectraConfig(**{name: getattr(config, name) for name in fields}))
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+
+def discriminator_logits(model: ElectraPretrainingModel, input_ids, attention_mask, token_type_ids) -> torch.Tensor:
+    detector = getattr(model, "detector", None)  # --detector: another model in the discriminator's place
+    if detector is not None:
+        return detector(input_ids, attention_mask, token_type_ids)
+    return model.discriminator.discriminator_predictions(
+        model.discriminator.electra(input_ids, attention_mask, token_type_ids))
+
+
 @torch.no_grad()
 def corrupted_batch(model: ElectraPretrainingModel, batch: dict, rng: torch.Generator,
                     noise: torch.Tensor | None = None):
@@ -119,8 +160,7 @@ def evaluate(model, eval_batches, token_counts, noise=None) -> dict:
     for batch in eval_batches:
         disc_input, replaced, selected, sampled, targets, logits = corrupted_batch(model, batch, rng, noise)
         active = batch["attention_mask"].bool()
-        disc_logits = model.discriminator.discriminator_predictions(
-            model.discriminator.electra(disc_input, batch["attention_mask"], batch["token_type_ids"]))
+        disc_logits = discriminator_logits(model, disc_input, batch["attention_mask"], batch["token_type_ids"])
         scores.append(disc_logits[active].float())
         labels.append(replaced[active].float())
         tokens.append(disc_input[active])
@@ -164,6 +204,12 @@ def train(args) -> list[dict]:
     config = model_config(args.shape, vocab_size, **overrides)
     torch.manual_seed(args.seed)
     model = ElectraPretrainingModel(config)
+    if args.detector != "electra":
+        if args.noise == "generator":
+            raise SystemExit("--detector conv|transformers needs --noise unigram or uniform")
+        # Registered as a submodule: its parameters join the optimizer; the unused discriminator gets no grads.
+        model.detector = (ConvDetector(vocab_size, config.hidden_size) if args.detector == "conv"
+                          else TransformersDetector(config))
     gen_cfg = model.generator.config
     n_params = sum(p.numel() for p in model.parameters())
     print(f"# shape={args.shape} lr={args.lr} steps={args.steps} batch={args.batch} params={n_params:,} "
@@ -219,8 +265,7 @@ def train(args) -> list[dict]:
         else:  # discriminator alone against fixed noise: can it learn context at all in this many steps?
             disc_input, replaced, *_ = corrupted_batch(model, batch, rng, noise)
             active = batch["attention_mask"].bool()
-            disc_logits = model.discriminator.discriminator_predictions(
-                model.discriminator.electra(disc_input, batch["attention_mask"], batch["token_type_ids"]))
+            disc_logits = discriminator_logits(model, disc_input, batch["attention_mask"], batch["token_type_ids"])
             labels = replaced[active].float()
             loss = disc_loss = F.binary_cross_entropy_with_logits(disc_logits[active], labels)
             replaced_fraction = labels.mean()
@@ -329,6 +374,8 @@ def main() -> None:
     parser.add_argument("--noise", choices=("generator", "unigram", "uniform"), default="generator",
                         help="replacements from the jointly trained generator (ELECTRA) or from fixed noise, "
                              "training the discriminator alone")
+    parser.add_argument("--detector", choices=("electra", "transformers", "conv"), default="electra",
+                        help="with fixed noise: train this model as the discriminator instead of ours")
     parser.add_argument("--no-token-stats", dest="token_stats", action="store_false",
                         help="skip the context-free baseline (saves one generator forward per step)")
     parser.add_argument("--check-sampling", action="store_true")

@@ -46,10 +46,14 @@ class PrepareConfig:
     """Share of sequences built as one segment ([CLS] A [SEP]) rather than two, as in reference ELECTRA."""
     short_seq_prob: float = 0.05
     """Share of sequences given a random shorter target length, as in reference ELECTRA."""
+    packing: str = "dense"
+    """dense: documents share sequences, a [SEP] between them (RoBERTa's FULL-SENTENCES), so short documents
+    do not pad; reference: each document starts a new sequence (google-research/electra)."""
     seed: int = 12345
     """Seed of the packing choices; the output is a deterministic function of inputs, config and seed."""
     split_mb: float = 4.0
-    """Uncompressed text files are processed in byte ranges of this size (compressed files whole)."""
+    """Megabytes of input per read task: larger uncompressed text files are cut into byte ranges of this size
+    (compressed files are read whole), smaller files are grouped into one task up to this size."""
     shard_rows: int = 16384
     """Most sequences in one Parquet shard."""
     max_line_chars: int = 1_000_000
@@ -62,6 +66,8 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         if self.seq_len < 8:
             raise ValueError(f"seq_len must be at least 8, got {self.seq_len}")
+        if self.packing not in ("dense", "reference"):
+            raise ValueError(f"packing must be 'dense' or 'reference', got {self.packing!r}")
         if self.documents not in ("blank_lines", "lines"):
             raise ValueError(f"documents must be 'blank_lines' or 'lines', got {self.documents!r}")
         for name in ("single_segment_prob", "short_seq_prob"):

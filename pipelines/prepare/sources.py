@@ -205,6 +205,30 @@ def make_splits(file_index: int, file: InputFile, split_bytes: int) -> list[Spli
     return splits
 
 
+def group_splits(per_file: list[list[Split]], split_bytes: int, workers: int) -> list[list[Split]]:
+    """Read tasks. Each split of a file cut in several is a task of its own. Files read in one split (small
+    ones, compressed ones) are grouped, in order, into tasks of up to `split_bytes`, and into at least
+    `workers` tasks when there are that many files, so that a tree of many small files costs a few tasks
+    (and a few shards) instead of one each, and every actor still has work."""
+    tasks = [[split] for splits in per_file if len(splits) > 1 for split in splits]
+    whole_files = [splits[0] for splits in per_file if len(splits) == 1]
+    target = max(1, min(split_bytes, -(-sum(split.size for split in whole_files) // max(1, workers))))
+    group: list[Split] = []
+    size = 0
+    for split in whole_files:
+        if split.size >= target:  # a large compressed file is a task of its own
+            tasks.append([split])
+            continue
+        group.append(split)
+        size += split.size
+        if size >= target:
+            tasks.append(group)
+            group, size = [], 0
+    if group:
+        tasks.append(group)
+    return tasks
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Reading text: sentences and document breaks
 # ----------------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from pipelines.prepare.sources import (
     ReadStats,
     Split,
     discover,
+    group_splits,
     make_splits,
     probe,
     read_sample,
@@ -43,7 +44,7 @@ from pipelines.prepare.sources import (
 # Text handed to the tokenizer at once: large enough for encode_batch to be efficient, small enough to bound memory.
 TOKENIZE_BLOCK_CHARS = 1 << 20
 # Config fields that change the sequences a file yields; a change re-tokenizes everything.
-_CONTENT_FIELDS = ("seq_len", "documents", "text_field", "single_segment_prob", "short_seq_prob", "seed",
+_CONTENT_FIELDS = ("seq_len", "documents", "text_field", "single_segment_prob", "short_seq_prob", "packing", "seed",
                    "split_mb", "shard_rows", "max_line_chars")
 
 
@@ -62,11 +63,9 @@ def run_prepare(config: PrepareConfig, address: str | None = None, log: Callable
     content_key = content_fingerprint(config, tokenizer_sha)
 
     # --- plan: reuse what the last manifest already holds for unchanged files ---------------------------
-    reusable = {}
-    if previous is not None and previous.get("content_fingerprint") == content_key:
-        reusable = {(entry["uri"], entry["fingerprint"]): entry for entry in previous["files"]}
-    kept = [reusable[(f.uri, f.fingerprint)] for f in files if (f.uri, f.fingerprint) in reusable]
-    new_files = [f for f in files if (f.uri, f.fingerprint) not in reusable]
+    kept, kept_shards = reusable_parts(previous, files, content_key)
+    kept_uris = {entry["uri"] for entry in kept}
+    new_files = [f for f in files if f.uri not in kept_uris]
     if previous is not None and not new_files and len(kept) == len(previous["files"]):
         counts = previous["counts"]
         log(f"electra prepare: {config.output} is up to date ({counts['files']} files, "
@@ -74,7 +73,8 @@ def run_prepare(config: PrepareConfig, address: str | None = None, log: Callable
         return {"output": config.output, "manifest": previous, "skipped": True,
                 "seconds": time.perf_counter() - started}
     if kept:
-        log(f"electra prepare: {len(kept)} files unchanged since the last run; tokenizing {len(new_files)} new")
+        log(f"electra prepare: {len(kept)} files unchanged since the last run; tokenizing {len(new_files)} new or "
+            "changed (with any file that shared a read task with one)")
 
     # --- run ---------------------------------------------------------------------------------------------
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -88,7 +88,6 @@ def run_prepare(config: PrepareConfig, address: str | None = None, log: Callable
     if failed and config.strict:
         raise InputError(f"{failed[0]['uri']}: {failed[0]['reason']} (--strict; {len(failed)} files failed, "
                          "nothing committed)")
-    kept_shards = [s for s in (previous or {}).get("shards", []) if s["source"] in {e["uri"] for e in kept}]
     manifest = build_manifest(config, kept + new_entries, kept_shards + new_shards, tokenizer.get_vocab_size(),
                               tokenizer_sha, content_key, previous, run_id)
     manifests.write_manifest(config.output, manifest)
@@ -118,7 +117,28 @@ def with_absolute_sources(manifest: dict | None) -> dict | None:
     if manifest is None:
         return None
     return {**manifest, "files": [{**entry, "uri": storage.absolute(entry["uri"])} for entry in manifest["files"]],
-            "shards": [{**shard, "source": storage.absolute(shard["source"])} for shard in manifest["shards"]]}
+            "shards": [{**shard, "sources": [storage.absolute(uri) for uri in shard_sources(shard)]}
+                       for shard in manifest["shards"]]}
+
+
+def shard_sources(shard: dict) -> list[str]:
+    """The files a shard was packed from (manifests before read tasks were grouped name one `source`)."""
+    return shard["sources"] if "sources" in shard else [shard["source"]]
+
+
+def reusable_parts(previous: dict | None, files: list[InputFile], content_key: str) -> tuple[list[dict], list[dict]]:
+    """(manifest entries, shards) of the last run that this one keeps. A shard is kept when every file it was
+    packed from is unchanged and still an input; a file is kept when all of its shards are (a file of a group
+    whose other member changed is read again with it)."""
+    if previous is None or previous.get("content_fingerprint") != content_key:
+        return [], []
+    current = {(f.uri, f.fingerprint) for f in files}
+    unchanged = {entry["uri"] for entry in previous["files"] if (entry["uri"], entry["fingerprint"]) in current}
+    shards = previous["shards"]
+    broken = {uri for shard in shards if not unchanged.issuperset(shard["sources"]) for uri in shard["sources"]}
+    kept_uris = unchanged - broken
+    kept = [entry for entry in previous["files"] if entry["uri"] in kept_uris]
+    return kept, [shard for shard in shards if kept_uris.issuperset(shard["sources"])]
 
 
 def content_fingerprint(config: PrepareConfig, tokenizer_sha: str) -> str:
@@ -181,60 +201,64 @@ def tokenize_files(files: list[InputFile], config: PrepareConfig, tokenizer_sha:
                    run_id: str, address: str | None, log) -> tuple[list[dict], list[dict]]:
     """Manifest entries for `files` and the shards of those that were read."""
     entries: list[dict] = []
-    splits: list[Split] = []
+    per_file: list[list[Split]] = []
     for index, file in enumerate(files):
-        entry = {**asdict(file), "status": "read", "reason": None, "documents": 0, "sequences": 0, "tokens": 0,
-                 "slots": 0, "invalid_utf8": 0, "bad_records": 0, "bytes_read": 0, "prepared_in": run_id}
+        entry = {**asdict(file), "status": "read", "reason": None, "documents": 0, "tokens": 0,
+                 "invalid_utf8": 0, "bad_records": 0, "bytes_read": 0, "prepared_in": run_id}
         entries.append(entry)
         verdict = probe(file)
         if verdict is not None:
             entry["status"], entry["reason"] = verdict
             continue
         try:
-            splits.extend(make_splits(index, file, int(config.split_mb * 1e6)))
+            per_file.append(make_splits(index, file, int(config.split_mb * 1e6)))
         except Exception as error:  # unreadable Parquet footer and the like
             entry["status"], entry["reason"] = "failed", describe_error(error)
+    if not per_file:
+        return entries, []
 
-    shards_by_file: dict[int, list[dict]] = {}
-    for result in run_split_actors(splits, config, tokenizer_sha, content_key, address, log):
-        entry = entries[result["file_index"]]
-        for name in ("documents", "sequences", "tokens", "slots", "invalid_utf8", "bad_records", "bytes_read"):
-            entry[name] += result[name]
-        if result["error"] and entry["status"] != "failed":
-            entry["status"], entry["reason"] = "failed", result["error"]
-        for shard in result["shards"]:
-            shard["source"] = entry["uri"]
-        shards_by_file.setdefault(result["file_index"], []).extend(result["shards"])
-
-    shards = []
-    for index, entry in enumerate(entries):
-        file_shards = sorted(shards_by_file.get(index, []), key=lambda shard: shard["path"])
-        if entry["status"] == "failed":
-            # Nothing of a failed file is committed: a reader never sees part of it.
-            entry.update(documents=0, sequences=0, tokens=0, slots=0)
-            for shard in file_shards:
-                storage.delete(storage.join(config.output, shard["path"]))
-        else:
-            shards.extend(file_shards)
-    return entries, shards
-
-
-def run_split_actors(splits: list[Split], config: PrepareConfig, tokenizer_sha: str, content_key: str,
-                     address: str | None, log) -> list[dict]:
-    if not splits:
-        return []
     from pipelines.ray_runtime import cluster_cpus, ensure_ray
 
     ensure_ray(address, dashboard=False)
+    workers = config.workers or cluster_cpus()
+    tasks = group_splits(per_file, int(config.split_mb * 1e6), workers)
+    shards: list[dict] = []
+    for result in run_read_tasks(tasks, min(workers, len(tasks)), config, tokenizer_sha, content_key, log):
+        for part in result["files"]:
+            entry = entries[part["file_index"]]
+            for name in ("documents", "tokens", "invalid_utf8", "bad_records", "bytes_read"):
+                entry[name] += part[name]
+            if part["error"] and entry["status"] != "failed":
+                entry["status"], entry["reason"] = "failed", part["error"]
+        shards.extend(result["shards"])
+
+    # Nothing of a failed file is committed: a reader never sees part of it. (A file read in a group fails
+    # alone: its text is left out before packing, so only a file cut into several splits has shards to drop.)
+    failed = {entry["uri"] for entry in entries if entry["status"] == "failed"}
+    committed = []
+    for shard in shards:
+        if failed.intersection(shard["sources"]):
+            storage.delete(storage.join(config.output, shard["path"]))
+        else:
+            committed.append(shard)
+    for entry in entries:
+        if entry["status"] == "failed":
+            entry.update(documents=0, tokens=0)
+    return entries, sorted(committed, key=lambda shard: shard["path"])
+
+
+def run_read_tasks(tasks: list[list[Split]], workers: int, config: PrepareConfig, tokenizer_sha: str,
+                   content_key: str, log) -> list[dict]:
     import ray.data
 
-    workers = min(config.workers or cluster_cpus(), len(splits))
-    log(f"electra prepare: {len(splits)} splits on {workers} tokenizer actors")
-    # Largest first, so that the last splits to finish are small ones and no actor idles long at the end.
-    ordered = sorted(splits, key=lambda split: split.size, reverse=True)
-    dataset = ray.data.from_items([{"split": split.to_json()} for split in ordered], override_num_blocks=len(ordered))
+    files = sum(len(task) for task in tasks)
+    log(f"electra prepare: {files} files or file parts in {len(tasks)} read tasks on {workers} tokenizer actors")
+    # Largest first, so that the last tasks to finish are small ones and no actor idles long at the end.
+    ordered = sorted(tasks, key=lambda task: sum(split.size for split in task), reverse=True)
+    items = [{"task": json.dumps([split.to_json() for split in task])} for task in ordered]
+    dataset = ray.data.from_items(items, override_num_blocks=len(items))
     results = dataset.map_batches(
-        SplitTokenizer,
+        TaskTokenizer,
         # The actors read the tokenizer from the output (published before this), not from the object store.
         fn_constructor_kwargs={"tokenizer_sha": tokenizer_sha, "config": to_dict(config),
                                "content_key": content_key},
@@ -245,8 +269,8 @@ def run_split_actors(splits: list[Split], config: PrepareConfig, tokenizer_sha: 
     return [json.loads(row["result"]) for row in results.iter_rows()]
 
 
-class SplitTokenizer:
-    """Ray Data actor: loads the tokenizer once, then reads, tokenizes, packs and writes each split it gets."""
+class TaskTokenizer:
+    """Ray Data actor: loads the tokenizer once, then reads, tokenizes, packs and writes each task it gets."""
 
     def __init__(self, tokenizer_sha: str, config: dict, content_key: str):
         # One tokenizer thread per actor: the actor pool already has one actor per CPU.
@@ -262,41 +286,97 @@ class SplitTokenizer:
         self.content_key = content_key
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
-        results = [process_split(Split.from_json(str(text)), self.encoder, self.config, self.content_key)
-                   for text in batch["split"]]
-        return {"result": [json.dumps(result) for result in results]}
+        results = []
+        for text in batch["task"]:
+            splits = [Split.from_json(item) for item in json.loads(str(text))]
+            results.append(json.dumps(process_task(splits, self.encoder, self.config, self.content_key)))
+        return {"result": results}
 
 
-def process_split(split: Split, encoder: SentenceEncoder, config: PrepareConfig, content_key: str) -> dict:
-    """Reads one split and writes its shards; errors are returned, not raised, so the run goes on."""
-    stats = ReadStats()
+def process_task(splits: list[Split], encoder: SentenceEncoder, config: PrepareConfig, content_key: str) -> dict:
+    """Reads the task's splits, packs them into one stream of sequences and writes its shards. Errors are
+    returned per file, not raised, so the run goes on."""
+    first = splits[0]
     packer = SequencePacker(
         config.seq_len, encoder.tokenizer.token_to_id(CLS), encoder.sep_id,
         # Seeded by the file's name, not its whole URI: the same files give the same sequences wherever they are.
-        random.Random(f"{config.seed}:{posixpath.basename(split.uri)}:{split.split_index}"),
-        config.single_segment_prob, config.short_seq_prob,
+        random.Random(f"{config.seed}:{posixpath.basename(first.uri)}:{first.split_index}"),
+        config.single_segment_prob, config.short_seq_prob, dense=config.packing == "dense",
     )
-    file_key = hashlib.sha256(f"{split.uri}|{content_key}".encode()).hexdigest()[:16]
-    writer = ShardWriter(config.output, f"shards/{file_key}-{split.split_index:05d}", config.shard_rows,
+    # Named by the task's first file and split: shards sort in split order within a file, and no two tasks of
+    # a run, or a task and a shard kept from an earlier run, share a name (a file is in one task only).
+    file_key = hashlib.sha256(f"{first.uri}|{content_key}".encode()).hexdigest()[:16]
+    writer = ShardWriter(config.output, f"shards/{file_key}-{first.split_index:05d}", config.shard_rows,
                          config.seq_len)
-    error = None
+    if len(splits) == 1:
+        parts = [stream_split(first, encoder, packer, writer, config)]
+    else:
+        parts = pack_whole_files(splits, encoder, packer, writer, config)
+    packer.finish()
+    writer.add(*packer.take())
+    writer.flush(final=True)
+    sources = sorted({split.uri for split, part in zip(splits, parts) if not part["error"]})
+    for shard in writer.shards:
+        shard["sources"] = sources
+    return {"files": parts, "shards": writer.shards}
+
+
+def stream_split(split: Split, encoder: SentenceEncoder, packer: SequencePacker, writer: "ShardWriter",
+                 config: PrepareConfig) -> dict:
+    """One split read block by block (a large file's byte range, or a compressed file of any size)."""
+    stats = ReadStats()
+    tokens, error = 0, None
     try:
         block = SentenceBlock()
         for batch in read_split_batches(split, config.documents, config.text_field, config.max_line_chars, stats):
             if block.add(*batch) >= TOKENIZE_BLOCK_CHARS:
-                block.pack(encoder, packer)
+                tokens += block.pack(encoder, packer)
                 writer.add(*packer.take())
                 block = SentenceBlock()
         block.add([], [0])  # the split's last document ends here
-        block.pack(encoder, packer)
+        tokens += block.pack(encoder, packer)
         writer.add(*packer.take())
-        writer.flush(final=True)
     except Exception as failure:  # a corrupt or truncated file fails alone; the others carry on
         error = describe_error(failure)
-    return {"file_index": split.file_index, "split_index": split.split_index, "shards": writer.shards,
-            "documents": stats.documents, "sequences": writer.rows, "tokens": writer.tokens,
-            "slots": writer.rows * config.seq_len, "invalid_utf8": stats.invalid_utf8,
-            "bad_records": stats.bad_records, "bytes_read": stats.bytes_read, "error": error}
+    return split_result(split, stats, tokens, error)
+
+
+def pack_whole_files(splits: list[Split], encoder: SentenceEncoder, packer: SequencePacker,
+                     writer: "ShardWriter", config: PrepareConfig) -> list[dict]:
+    """Files of a group: each is read whole first, so that one that fails is left out before anything of it
+    is packed; the others are tokenized together (one encode per block of text, not per file)."""
+    parts, owners = [], []
+    block = SentenceBlock()
+    for split in splits:
+        stats = ReadStats()
+        own = SentenceBlock()
+        try:
+            for batch in read_split_batches(split, config.documents, config.text_field, config.max_line_chars,
+                                            stats):
+                own.add(*batch)
+            own.add([], [0])  # the file's last document ends here
+            error = None
+        except Exception as failure:
+            error = describe_error(failure)
+        parts.append(split_result(split, stats, 0, error))
+        if error is None:
+            block.extend(own)
+            owners.append((len(block.sentences), parts[-1]))
+        if block.chars >= TOKENIZE_BLOCK_CHARS or split is splits[-1]:
+            lengths = block.pack(encoder, packer, per_sentence=True)
+            start = 0
+            for end, part in owners:
+                part["tokens"] = int(sum(lengths[start:end]))
+                start = end
+            writer.add(*packer.take())
+            block, owners = SentenceBlock(), []
+    return parts
+
+
+def split_result(split: Split, stats: ReadStats, tokens: int, error: str | None) -> dict:
+    return {"file_index": split.file_index, "documents": stats.documents, "tokens": tokens,
+            "invalid_utf8": stats.invalid_utf8, "bad_records": stats.bad_records, "bytes_read": stats.bytes_read,
+            "error": error}
 
 
 class SentenceBlock:
@@ -315,8 +395,15 @@ class SentenceBlock:
         self.chars += sum(map(len, sentences))
         return self.chars
 
-    def pack(self, encoder: SentenceEncoder, packer: SequencePacker) -> None:
-        """Tokenizes the block and feeds it, document by document, to the packer."""
+    def extend(self, other: "SentenceBlock") -> None:
+        offset = len(self.sentences)
+        self.document_ends.extend(offset + end for end in other.document_ends)
+        self.sentences.extend(other.sentences)
+        self.chars += other.chars
+
+    def pack(self, encoder: SentenceEncoder, packer: SequencePacker, per_sentence: bool = False):
+        """Tokenizes the block and feeds it, document by document, to the packer. Returns the number of
+        tokens (or, with per_sentence, each sentence's)."""
         ids, lengths = encoder.encode(self.sentences)
         sentence = token = 0
         # None: the sentences after the last document end, whose document goes on in the next block.
@@ -328,6 +415,7 @@ class SentenceBlock:
             if end is not None:
                 packer.end_document()
             sentence, token = stop, token + count
+        return lengths if per_sentence else token
 
 
 class ShardWriter:
@@ -379,9 +467,9 @@ class ShardWriter:
 def build_manifest(config: PrepareConfig, entries: list[dict], shards: list[dict], vocab_size: int,
                    tokenizer_sha: str, content_key: str, previous: dict | None, run_id: str) -> dict:
     read = [e for e in entries if e["status"] == "read"]
-    sequences = sum(e["sequences"] for e in read)
-    tokens = sum(e["tokens"] for e in read)
-    slots = sum(e["slots"] for e in read)
+    sequences = sum(shard["rows"] for shard in shards)
+    tokens = sum(shard["tokens"] for shard in shards)  # special tokens included: what fills the sequences
+    slots = sequences * config.seq_len
     runs = list((previous or {}).get("runs", []))
     runs.append({"run_id": run_id, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "files_added": [e["uri"] for e in entries if e["prepared_in"] == run_id]})

@@ -6,11 +6,13 @@ import bz2
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,12 +38,10 @@ def prepare(inputs, output, **settings):
     return result, "\n".join(logs)
 
 
-def read_shards(output: str, manifest: dict, source: str | None = None) -> list[tuple[list[int], list[int]]]:
+def read_shards(output: str, manifest: dict) -> list[tuple[list[int], list[int]]]:
     """Rows of the listed shards in manifest order, after checking each shard's checksum and row count."""
     rows = []
     for shard in manifest["shards"]:
-        if source is not None and shard["source"] != source:
-            continue
         data = storage.read_bytes(storage.join(output, shard["path"]))
         assert hashlib.sha256(data).hexdigest() == shard["sha256"]
         table = pq.read_table(io.BytesIO(data))
@@ -109,11 +109,82 @@ def test_sequences_are_cls_a_sep_b_sep_with_segment_ids(tmp_path):
     assert sum(len(ids) < 64 for ids, _ in rows) / len(rows) < 0.15
 
 
-def test_packing_is_dense(tmp_path):
-    """One sentence a line, like the review corpus: at most 5% of token slots are padding."""
-    (tmp_path / "reviews.txt").write_text("\n".join(make_sentences(6000)) + "\n")
-    prepare([tmp_path / "reviews.txt"], tmp_path / "out", seq_len=128)
-    assert load_committed_dataset(str(tmp_path / "out"))["counts"]["pad_fraction"] <= 0.05
+def write_shape(root, shape: str) -> tuple[list[str], dict]:
+    """A small corpus of one of the shapes people bring; returns its texts (in file order) and the settings."""
+    root.mkdir()
+    if shape == "sentence_a_line":  # the review corpus
+        sentences = make_sentences(6000)
+        (root / "reviews.txt").write_text("\n".join(sentences) + "\n")
+        return sentences, {}
+    if shape == "paragraphs_in_many_files":  # a documentation tree
+        texts = []
+        for i in range(120):
+            paragraphs = [" ".join(make_sentences(2, seed=1000 * i + j)) for j in range(6)]
+            (root / f"page{i:03d}.txt").write_text("\n\n".join(paragraphs) + "\n")
+            texts += paragraphs
+        return texts, {}
+    if shape == "short_document_a_file":
+        texts = make_sentences(800, seed=3)
+        for i, text in enumerate(texts):
+            (root / f"note{i:04d}.txt").write_text(text + "\n")
+        return texts, {}
+    records = [" ".join(s.split()[:4]) for s in make_sentences(8000, seed=4)]  # JSONL of a few words each
+    (root / "records.jsonl").write_text("\n".join(json.dumps({"text": r}) for r in records) + "\n")
+    return records, {}
+
+
+@pytest.mark.parametrize("shape", ["sentence_a_line", "paragraphs_in_many_files", "short_document_a_file",
+                                   "jsonl_short_records"])
+def test_dense_packing_pads_at_most_5_percent_on_every_corpus_shape(tmp_path, shape):
+    texts, settings = write_shape(tmp_path / "in", shape)
+    prepare([tmp_path / "in"], tmp_path / "out", seq_len=128, **settings)
+    manifest = load_committed_dataset(str(tmp_path / "out"))
+    assert manifest["counts"]["pad_fraction"] <= 0.05
+
+    # Nothing lost or repeated: the tokens of the sequences are the tokens of the texts.
+    tokenizer = electra_core.load_tokenizer(str(tmp_path / "out"))
+    special = {tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")}
+    expected = [t for text in texts for t in tokenizer.encode(text, add_special_tokens=False).ids]
+    assert Counter(token_stream(read_shards(str(tmp_path / "out"), manifest), special)) == Counter(expected)
+
+
+def document_ends_and_separators(rows, cls: int, sep: int):
+    """Walks the sequences in order: (positions in the text-token stream where a [SEP] stands inside a
+    sequence, positions where a sequence ends)."""
+    separators, sequence_ends, position = set(), set(), 0
+    for ids, _ in rows:
+        for token in ids[1:-1]:
+            if token == sep:
+                separators.add(position)
+            elif token != cls:
+                position += 1
+        sequence_ends.add(position)
+    return separators, sequence_ends
+
+
+@pytest.mark.parametrize("packing", ["dense", "reference"])
+def test_document_boundaries_are_marked_by_sep_or_end_a_sequence(tmp_path, packing):
+    """dense: a [SEP] inside a sequence is a document boundary or closes segment A, and every boundary
+    inside a sequence has one; reference: every document boundary ends a sequence."""
+    documents = make_sentences(1500, seed=5)  # one document a line
+    (tmp_path / "lines.txt").write_text("\n".join(documents) + "\n")
+    prepare([tmp_path / "lines.txt"], tmp_path / "out", seq_len=64, documents="lines", packing=packing)
+    manifest = load_committed_dataset(str(tmp_path / "out"))
+    tokenizer = electra_core.load_tokenizer(str(tmp_path / "out"))
+    rows = read_shards(str(tmp_path / "out"), manifest)
+    lengths = [len(tokenizer.encode(d, add_special_tokens=False).ids) for d in documents]
+    document_ends = set(itertools.accumulate(lengths))
+    separators, sequence_ends = document_ends_and_separators(
+        rows, tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]"))
+    if packing == "reference":
+        assert document_ends <= sequence_ends
+        assert manifest["counts"]["pad_fraction"] > 0.3  # review-length documents: the reason dense exists
+        return
+    # Segment A ends at a sentence, and a sentence is a document here: every inner [SEP] is a boundary,
+    # and every boundary that does not end a sequence has its [SEP].
+    assert separators <= document_ends
+    assert document_ends - sequence_ends <= separators
+    assert len(separators) > len(rows)  # several documents a sequence
 
 
 def test_reads_jsonl_parquet_and_compressed_text(tmp_path):
@@ -135,12 +206,14 @@ def test_reads_jsonl_parquet_and_compressed_text(tmp_path):
     assert by_name["docs.jsonl"]["documents"] == 20 and by_name["docs.jsonl"]["bad_records"] == 2
     assert by_name["docs.parquet"]["documents"] == 10 and by_name["docs.parquet"]["bad_records"] == 1
     for name in ("a.txt.gz", "b.txt.bz2", "c.txt.zst"):
-        assert by_name[name]["sequences"] > 0 and by_name[name]["tokens"] > 0
+        assert by_name[name]["tokens"] > 0
     assert manifest["counts"]["bad_records"] == 3
     tokenizer = electra_core.load_tokenizer(str(tmp_path / "out"))
     special = {tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")}
-    zst_rows = read_shards(str(tmp_path / "out"), manifest, source=by_name["c.txt.zst"]["uri"])
-    assert tokenizer.decode(token_stream(zst_rows, special)) == " ".join(sentences[50:])
+    # Small files are read in groups: each file's text is in the stream whole and in order.
+    text = tokenizer.decode(token_stream(read_shards(str(tmp_path / "out"), manifest), special))
+    for name, part in (("a.txt.gz", sentences[30:40]), ("c.txt.zst", sentences[50:])):
+        assert " ".join(part) in text, name
 
 
 def test_large_text_files_are_split_into_byte_ranges_without_losing_or_repeating_lines(tmp_path):
@@ -202,6 +275,47 @@ def test_new_files_are_tokenized_alone_and_added_under_a_new_manifest(tmp_path):
     assert [run["files_added"] for run in second["runs"]] == [[old_entry["uri"]], [new_entry["uri"]]]
 
 
+def test_thousands_of_tiny_files_are_read_in_one_task_into_full_shards(tmp_path):
+    (tmp_path / "in").mkdir()
+    for i, sentence in enumerate(make_sentences(2000, seed=6)):
+        (tmp_path / "in" / f"{i:04d}.txt").write_text(sentence + "\n")
+    result, logs = prepare([tmp_path / "in"], tmp_path / "out", shard_rows=32, workers=1)
+    manifest = load_committed_dataset(str(tmp_path / "out"))
+    assert "2000 files or file parts in 1 read tasks" in logs
+    assert manifest["counts"]["files_read"] == 2000 and manifest["counts"]["pad_fraction"] <= 0.05
+    rows = [shard["rows"] for shard in manifest["shards"]]
+    assert len(rows) > 5 and set(rows[:-1]) == {32} and 0 < rows[-1] <= 32
+
+
+def test_incremental_runs_on_grouped_files_tokenize_only_what_changed(tmp_path):
+    (tmp_path / "in").mkdir()
+    for i in range(60):
+        (tmp_path / "in" / f"{i:02d}.txt").write_text("\n".join(make_sentences(3, seed=i)) + "\n")
+    settings = {"split_mb": 0.002, "workers": 2}  # read tasks of about 2 KB: several files each
+    prepare([tmp_path / "in"], tmp_path / "out", **settings)
+    first = load_committed_dataset(str(tmp_path / "out"))
+    assert 4 < len({tuple(shard["sources"]) for shard in first["shards"]}) < 60
+
+    (tmp_path / "in" / "new.txt").write_text("\n".join(make_sentences(3, seed=99)) + "\n")
+    _, logs = prepare([tmp_path / "in"], tmp_path / "out", **settings)
+    second = load_committed_dataset(str(tmp_path / "out"))
+    assert "60 files unchanged" in logs and "tokenizing 1 new" in logs
+    assert second["shards"][: len(first["shards"])] == first["shards"]
+
+    changed = str(tmp_path / "in" / "07.txt")
+    group = next(shard["sources"] for shard in second["shards"] if changed in shard["sources"])
+    time.sleep(0.01)
+    (tmp_path / "in" / "07.txt").write_text("\n".join(make_sentences(3, seed=1234)) + "\n")
+    _, logs = prepare([tmp_path / "in"], tmp_path / "out", **settings)
+    third = load_committed_dataset(str(tmp_path / "out"))
+    assert f"tokenizing {len(group)} new or changed" in logs  # the changed file and the files it was read with
+    untouched = [shard for shard in second["shards"] if changed not in shard["sources"]]
+    assert untouched and all(shard in third["shards"] for shard in untouched)
+    entries = {entry["uri"]: entry for entry in third["files"]}
+    assert {uri for uri, entry in entries.items() if entry["prepared_in"] == third["run_id"]} == set(group)
+    assert third["counts"]["files_read"] == 61
+
+
 def test_the_same_files_give_the_same_dataset_wherever_they_are(tmp_path):
     """Tokenizer and packing depend on the input's content and names, not on where it lies (a pipeline
     root elsewhere, another clone): the same dataset, so the same training."""
@@ -235,7 +349,7 @@ def test_relative_paths_name_the_callers_directory_not_the_actors(tmp_path, monk
         manifest["counts"]["sequences"]
 
     relative = {**manifest, "files": [{**entry, "uri": "in/a.txt"} for entry in manifest["files"]],
-                "shards": [{**shard, "source": "in/a.txt"} for shard in manifest["shards"]]}
+                "shards": [{**shard, "sources": ["in/a.txt"]} for shard in manifest["shards"]]}
     manifests.write_manifest(str(tmp_path / "out"), relative)
     result, logs = prepare(["in"], "out")
     assert result["skipped"] and "up to date" in logs
@@ -312,14 +426,14 @@ def test_every_kind_of_bad_file_is_accounted_for_and_the_rest_is_read(tmp_path):
     manifest = load_committed_dataset(str(tmp_path / "out"))
     by_name = {os.path.basename(f["uri"]): f for f in manifest["files"]}
 
-    assert by_name["good.txt"]["status"] == "read" and by_name["good.txt"]["sequences"] > 0
+    assert by_name["good.txt"]["status"] == "read" and by_name["good.txt"]["tokens"] > 0
     assert by_name["latin1.txt"]["status"] == "read" and by_name["latin1.txt"]["invalid_utf8"] == 6
     assert by_name["empty.txt"]["status"] == "empty"
     assert by_name["image.png"]["status"] == "skipped" and "binary" in by_name["image.png"]["reason"]
     assert by_name["truncated.txt.gz"]["status"] == "failed" and by_name["truncated.txt.gz"]["reason"]
     assert "warning: " in logs and "truncated.txt.gz" in logs
     # Nothing of the failed file is in the dataset.
-    assert not [s for s in manifest["shards"] if s["source"] == by_name["truncated.txt.gz"]["uri"]]
+    assert not [s for s in manifest["shards"] if by_name["truncated.txt.gz"]["uri"] in s["sources"]]
     assert manifest["counts"]["files"] == 5 and manifest["counts"]["files_failed"] == 1
 
 
@@ -342,7 +456,7 @@ def test_a_giant_line_without_newline_is_split_with_bounded_memory(tmp_path):
 
     from pipelines.prepare.encoding import SentenceEncoder
     from pipelines.prepare.sources import InputFile, make_splits
-    from pipelines.prepare.stage import process_split
+    from pipelines.prepare.stage import process_task
 
     rng = random.Random(0)
     words = [f"w{rng.randint(0, 999)}" for _ in range(2000)]
@@ -355,7 +469,7 @@ def test_a_giant_line_without_newline_is_split_with_bounded_memory(tmp_path):
     split = make_splits(0, InputFile(str(tmp_path / "giant.txt"), size, "x", "text", None), split_bytes=1 << 62)[0]
 
     tracemalloc.start()
-    result = process_split(split, SentenceEncoder(tokenizer), config, content_key="test")
+    result = process_task([split], SentenceEncoder(tokenizer), config, content_key="test")["files"][0]
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
 

@@ -99,6 +99,7 @@ def test_packing_does_not_depend_on_how_the_sentences_were_grouped():
             packer.add_sentences(ids[start:start + count], group)
             start += count
         packer.end_document()
+        packer.finish()
         return packer.take()
 
     whole = pack([lengths])
