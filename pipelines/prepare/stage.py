@@ -309,13 +309,16 @@ def process_task(splits: list[Split], encoder: SentenceEncoder, config: PrepareC
     writer = ShardWriter(config.output, f"shards/{file_key}-{first.split_index:05d}", config.shard_rows,
                          config.seq_len)
     if len(splits) == 1:
+        # Streamed: a file that fails part way has text in the shards already, so they name it, and the
+        # driver drops them with the rest of the file.
         parts = [stream_split(first, encoder, packer, writer, config)]
+        sources = [first.uri]
     else:
         parts = pack_whole_files(splits, encoder, packer, writer, config)
+        sources = sorted({split.uri for split, part in zip(splits, parts) if not part["error"]})
     packer.finish()
     writer.add(*packer.take())
     writer.flush(final=True)
-    sources = sorted({split.uri for split, part in zip(splits, parts) if not part["error"]})
     for shard in writer.shards:
         shard["sources"] = sources
     return {"files": parts, "shards": writer.shards}

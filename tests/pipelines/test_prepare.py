@@ -413,7 +413,8 @@ def test_a_run_killed_mid_write_leaves_no_manifest_and_the_next_run_completes(tm
 # ----------------------------------------------------------------------------------------------------------
 
 
-def test_every_kind_of_bad_file_is_accounted_for_and_the_rest_is_read(tmp_path):
+@pytest.mark.parametrize("split_mb", [4.0, 0.001], ids=["files-grouped", "truncated-file-streamed-alone"])
+def test_every_kind_of_bad_file_is_accounted_for_and_the_rest_is_read(tmp_path, split_mb):
     good = make_sentences(100)
     (tmp_path / "good.txt").write_text("\n".join(good))
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me and more text here\n".encode("latin-1") * 3)
@@ -422,7 +423,7 @@ def test_every_kind_of_bad_file_is_accounted_for_and_the_rest_is_read(tmp_path):
     truncated = gzip.compress(("\n".join(make_sentences(3000))).encode())
     (tmp_path / "truncated.txt.gz").write_bytes(truncated[: len(truncated) // 2])
 
-    result, logs = prepare([tmp_path], tmp_path / "out")
+    result, logs = prepare([tmp_path], tmp_path / "out", split_mb=split_mb)
     manifest = load_committed_dataset(str(tmp_path / "out"))
     by_name = {os.path.basename(f["uri"]): f for f in manifest["files"]}
 
@@ -435,6 +436,11 @@ def test_every_kind_of_bad_file_is_accounted_for_and_the_rest_is_read(tmp_path):
     # Nothing of the failed file is in the dataset.
     assert not [s for s in manifest["shards"] if by_name["truncated.txt.gz"]["uri"] in s["sources"]]
     assert manifest["counts"]["files"] == 5 and manifest["counts"]["files_failed"] == 1
+    tokenizer = electra_core.load_tokenizer(str(tmp_path / "out"))
+    special = {tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")}
+    read_text = good + ["caf\ufffd cr\ufffdme and more text here"] * 3
+    expected = [t for text in read_text for t in tokenizer.encode(text, add_special_tokens=False).ids]
+    assert Counter(token_stream(read_shards(str(tmp_path / "out"), manifest), special)) == Counter(expected)
 
 
 def test_strict_mode_exits_2_before_committing(tmp_path, capsys):
