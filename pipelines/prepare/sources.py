@@ -72,7 +72,8 @@ def discover(inputs: list[str]) -> list[InputFile]:
     """Every file named by `inputs` (files, directories searched recursively, globs), sorted and deduplicated.
 
     An input that matches nothing, or a file that cannot be opened, is an InputError before any work starts.
-    Names starting with '.' or '_' inside directories (hidden files, commit markers) are left out.
+    Inside directories, hidden files and directories ('.') and files named like commit markers ('_') are
+    left out.
     """
     if not inputs:
         raise InputError("no --input given")
@@ -113,8 +114,11 @@ def _expand(fs, path: str, uri: str) -> list[str]:
 
 
 def _hidden(file_path: str, root: str) -> bool:
-    relative = file_path[len(root.rstrip("/")) + 1:]
-    return any(part.startswith((".", "_")) for part in relative.split("/"))
+    """Hidden files and directories (.git, .cache) and files named like commit markers (_SUCCESS,
+    _manifest.json). Directories starting with '_' are read: Sphinx keeps a documentation tree's text in
+    html/_sources (the Linux kernel's documentation is all there)."""
+    *directories, name = file_path[len(root.rstrip("/")) + 1:].split("/")
+    return name.startswith((".", "_")) or any(part.startswith(".") for part in directories)
 
 
 def _full_uri(fs, path: str, original: str) -> str:

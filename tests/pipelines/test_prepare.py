@@ -275,6 +275,19 @@ def test_new_files_are_tokenized_alone_and_added_under_a_new_manifest(tmp_path):
     assert [run["files_added"] for run in second["runs"]] == [[old_entry["uri"]], [new_entry["uri"]]]
 
 
+def test_hidden_files_and_commit_markers_are_left_out_but_underscore_directories_are_read(tmp_path):
+    """A Sphinx documentation tree keeps its text in html/_sources; .git and _SUCCESS are not text to train on."""
+    sources = tmp_path / "docs" / "html" / "_sources"
+    sources.mkdir(parents=True)
+    (sources / "intro.rst.txt").write_text("\n".join(make_sentences(20)) + "\n")
+    (tmp_path / "docs" / ".git").mkdir()
+    (tmp_path / "docs" / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (tmp_path / "docs" / "_SUCCESS").write_text("")
+    prepare([tmp_path / "docs"], tmp_path / "out")
+    manifest = load_committed_dataset(str(tmp_path / "out"))
+    assert [os.path.basename(entry["uri"]) for entry in manifest["files"]] == ["intro.rst.txt"]
+
+
 def test_thousands_of_tiny_files_are_read_in_one_task_into_full_shards(tmp_path):
     (tmp_path / "in").mkdir()
     for i, sentence in enumerate(make_sentences(2000, seed=6)):
