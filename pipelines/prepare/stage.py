@@ -324,6 +324,10 @@ def process_task(splits: list[Split], encoder: SentenceEncoder, config: PrepareC
     return {"files": parts, "shards": writer.shards}
 
 
+def sentence_batches(split: Split, config: PrepareConfig, stats: ReadStats):
+    return read_split_batches(split, config.documents, config.text_field, config.max_line_chars, stats)
+
+
 def stream_split(split: Split, encoder: SentenceEncoder, packer: SequencePacker, writer: "ShardWriter",
                  config: PrepareConfig) -> dict:
     """One split read block by block (a large file's byte range, or a compressed file of any size)."""
@@ -331,13 +335,13 @@ def stream_split(split: Split, encoder: SentenceEncoder, packer: SequencePacker,
     tokens, error = 0, None
     try:
         block = SentenceBlock()
-        for batch in read_split_batches(split, config.documents, config.text_field, config.max_line_chars, stats):
+        for batch in sentence_batches(split, config, stats):
             if block.add(*batch) >= TOKENIZE_BLOCK_CHARS:
-                tokens += block.pack(encoder, packer)
+                tokens += sum(block.pack(encoder, packer))
                 writer.add(*packer.take())
                 block = SentenceBlock()
         block.add([], [0])  # the split's last document ends here
-        tokens += block.pack(encoder, packer)
+        tokens += sum(block.pack(encoder, packer))
         writer.add(*packer.take())
     except Exception as failure:  # a corrupt or truncated file fails alone; the others carry on
         error = describe_error(failure)
@@ -354,8 +358,7 @@ def pack_whole_files(splits: list[Split], encoder: SentenceEncoder, packer: Sequ
         stats = ReadStats()
         own = SentenceBlock()
         try:
-            for batch in read_split_batches(split, config.documents, config.text_field, config.max_line_chars,
-                                            stats):
+            for batch in sentence_batches(split, config, stats):
                 own.add(*batch)
             own.add([], [0])  # the file's last document ends here
             error = None
@@ -363,10 +366,10 @@ def pack_whole_files(splits: list[Split], encoder: SentenceEncoder, packer: Sequ
             error = describe_error(failure)
         parts.append(split_result(split, stats, 0, error))
         if error is None:
-            block.extend(own)
+            block.add(own.sentences, own.document_ends)
             owners.append((len(block.sentences), parts[-1]))
         if block.chars >= TOKENIZE_BLOCK_CHARS or split is splits[-1]:
-            lengths = block.pack(encoder, packer, per_sentence=True)
+            lengths = block.pack(encoder, packer)
             start = 0
             for end, part in owners:
                 part["tokens"] = int(sum(lengths[start:end]))
@@ -398,15 +401,9 @@ class SentenceBlock:
         self.chars += sum(map(len, sentences))
         return self.chars
 
-    def extend(self, other: "SentenceBlock") -> None:
-        offset = len(self.sentences)
-        self.document_ends.extend(offset + end for end in other.document_ends)
-        self.sentences.extend(other.sentences)
-        self.chars += other.chars
-
-    def pack(self, encoder: SentenceEncoder, packer: SequencePacker, per_sentence: bool = False):
-        """Tokenizes the block and feeds it, document by document, to the packer. Returns the number of
-        tokens (or, with per_sentence, each sentence's)."""
+    def pack(self, encoder: SentenceEncoder, packer: SequencePacker) -> list[int]:
+        """Tokenizes the block and feeds it, document by document, to the packer; returns each sentence's
+        number of tokens."""
         ids, lengths = encoder.encode(self.sentences)
         sentence = token = 0
         # None: the sentences after the last document end, whose document goes on in the next block.
@@ -418,7 +415,7 @@ class SentenceBlock:
             if end is not None:
                 packer.end_document()
             sentence, token = stop, token + count
-        return lengths if per_sentence else token
+        return lengths
 
 
 class ShardWriter:
