@@ -71,8 +71,10 @@ class Split:
 def discover(inputs: list[str]) -> list[InputFile]:
     """Every file named by `inputs` (files, directories searched recursively, globs), sorted and deduplicated.
 
-    An input that matches nothing, or a file that cannot be opened, is an InputError before any work starts.
-    Inside directories, hidden files and directories ('.') and files named like commit markers ('_') are
+    An input that matches nothing, or a file named on its own that cannot be opened, is an InputError before
+    any work starts. Files found in a directory or by a glob are described from the listing alone (on object
+    storage one request per thousand files, not two per file); one that cannot be read fails alone when it is
+    read. Inside directories, hidden files and directories ('.') and files named like commit markers ('_') are
     left out.
     """
     if not inputs:
@@ -80,10 +82,10 @@ def discover(inputs: list[str]) -> list[InputFile]:
     found: dict[str, InputFile] = {}
     for uri in inputs:
         fs, path = _filesystem(uri)
-        for file_path in _expand(fs, path, uri):
+        for file_path, info in _expand(fs, path, uri).items():
             file_uri = _full_uri(fs, file_path, uri)
             if file_uri not in found:
-                found[file_uri] = _describe(fs, file_path, file_uri)
+                found[file_uri] = _describe(fs, file_path, file_uri, info)
     return [found[uri] for uri in sorted(found)]
 
 
@@ -94,20 +96,21 @@ def _filesystem(uri: str):
         raise InputError(f"{uri}: cannot open this location ({error})") from None
 
 
-def _expand(fs, path: str, uri: str) -> list[str]:
+def _expand(fs, path: str, uri: str) -> dict[str, dict | None]:
+    """{path: its listing entry} of the files `uri` names; None for a file named on its own."""
     try:
         if GLOB_CHARS & set(path):
-            matches = [p for p in fs.glob(path) if fs.isfile(p)]
+            matches = {p: info for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file"}
             if not matches:
                 raise InputError(f"{uri}: no files match")
-            return sorted(matches)
+            return matches
         if fs.isdir(path):
-            files = sorted(p for p in fs.find(path) if not _hidden(p, path))
+            files = {p: info for p, info in fs.find(path, detail=True).items() if not _hidden(p, path)}
             if not files:
                 raise InputError(f"{uri}: directory holds no input files")
             return files
         if fs.isfile(path):
-            return [path]
+            return {path: None}
     except PermissionError:
         raise InputError(f"{uri}: permission denied") from None
     raise InputError(f"{uri}: no such file or directory")
@@ -125,7 +128,17 @@ def _full_uri(fs, path: str, original: str) -> str:
     return fs.unstrip_protocol(path) if "://" in original else path
 
 
-def _describe(fs, path: str, uri: str) -> InputFile:
+def _describe(fs, path: str, uri: str, info: dict | None) -> InputFile:
+    if info is None:
+        info = _readable_file_info(fs, path, uri)
+    version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+    fingerprint = hashlib.sha256(f"{info.get('size')}:{version}".encode()).hexdigest()[:16]
+    compression, file_format = detect_format(path)
+    return InputFile(uri=uri, size=int(info.get("size") or 0), fingerprint=fingerprint,
+                     format=file_format, compression=compression)
+
+
+def _readable_file_info(fs, path: str, uri: str) -> dict:
     try:
         info = fs.info(path)
         with fs.open(path, "rb") as handle:
@@ -136,11 +149,7 @@ def _describe(fs, path: str, uri: str) -> InputFile:
         raise InputError(f"{uri}: no such file") from None
     except OSError as error:
         raise InputError(f"{uri}: cannot be read ({error})") from None
-    version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
-    fingerprint = hashlib.sha256(f"{info.get('size')}:{version}".encode()).hexdigest()[:16]
-    compression, file_format = detect_format(path)
-    return InputFile(uri=uri, size=int(info.get("size") or 0), fingerprint=fingerprint,
-                     format=file_format, compression=compression)
+    return info
 
 
 def detect_format(path: str) -> tuple[str | None, str]:
@@ -157,10 +166,12 @@ def detect_format(path: str) -> tuple[str | None, str]:
     return compression, "text"
 
 
-def probe(file: InputFile) -> tuple[str, str | None] | None:
-    """(status, reason) when `file` is to be recorded without reading it, judged from its first bytes:
+def probe(file: InputFile | Split) -> tuple[str, str | None] | None:
+    """(status, reason) when a file is to be recorded without reading it, judged from its first bytes:
     ('empty', None), ('skipped', 'binary file: ...') or ('failed', a corrupt compressed stream, say).
-    None when it looks readable."""
+    None when it looks readable. The driver probes the files it cuts into several splits (all of them must
+    agree); a tokenizer worker probes each whole file it is given, so that a tree of many small files is not
+    opened one by one on the driver."""
     if file.size == 0:
         return "empty", None
     try:
@@ -177,12 +188,17 @@ def probe(file: InputFile) -> tuple[str, str | None] | None:
     return None
 
 
+def read_whole(file: InputFile, split_bytes: int) -> bool:
+    """Whether `file` becomes one split, a whole file that the worker reading it probes."""
+    return file.format != "parquet" and (file.compression is not None or file.size <= split_bytes)
+
+
 def describe_error(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def _open_binary(file: InputFile):
+def _open_binary(file: InputFile | Split):
     fs, path = storage.filesystem(file.uri)
     return fs.open(path, "rb", compression=file.compression)
 
@@ -200,7 +216,7 @@ def make_splits(file_index: int, file: InputFile, split_bytes: int) -> list[Spli
             groups = pq.ParquetFile(handle).num_row_groups
         return [Split(file_index, i, file.uri, file.format, None, i, i + 1, file.size // max(1, groups))
                 for i in range(groups)]
-    if file.compression is not None or file.size <= split_bytes:
+    if read_whole(file, split_bytes):
         return [Split(file_index, 0, file.uri, file.format, file.compression, 0, -1, file.size)]
     splits = []
     for index, start in enumerate(range(0, file.size, split_bytes)):

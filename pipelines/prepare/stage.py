@@ -12,6 +12,7 @@ import json
 import os
 import posixpath
 import random
+import sys
 import time
 import uuid
 from dataclasses import asdict, replace
@@ -37,6 +38,7 @@ from pipelines.prepare.sources import (
     make_splits,
     probe,
     read_sample,
+    read_whole,
     describe_error,
     read_split_batches,
 )
@@ -202,34 +204,41 @@ def tokenize_files(files: list[InputFile], config: PrepareConfig, tokenizer_sha:
     """Manifest entries for `files` and the shards of those that were read."""
     entries: list[dict] = []
     per_file: list[list[Split]] = []
+    split_bytes = int(config.split_mb * 1e6)
     for index, file in enumerate(files):
         entry = {**asdict(file), "status": "read", "reason": None, "documents": 0, "tokens": 0,
                  "invalid_utf8": 0, "bad_records": 0, "bytes_read": 0, "prepared_in": run_id}
         entries.append(entry)
-        verdict = probe(file)
+        verdict = probe(file) if not read_whole(file, split_bytes) else None  # workers probe whole files
         if verdict is not None:
             entry["status"], entry["reason"] = verdict
             continue
         try:
-            per_file.append(make_splits(index, file, int(config.split_mb * 1e6)))
+            per_file.append(make_splits(index, file, split_bytes))
         except Exception as error:  # unreadable Parquet footer and the like
             entry["status"], entry["reason"] = "failed", describe_error(error)
     if not per_file:
         return entries, []
 
-    from pipelines.ray_runtime import cluster_cpus, ensure_ray
+    on_ray = runs_on_ray(config.executor, address)
+    if on_ray:
+        from pipelines.ray_runtime import cluster_cpus, ensure_ray
 
-    ensure_ray(address, dashboard=False)
-    workers = config.workers or cluster_cpus()
-    tasks = group_splits(per_file, int(config.split_mb * 1e6), workers)
+        ensure_ray(address, dashboard=False)
+        workers = config.workers or cluster_cpus()
+    else:
+        workers = config.workers or local_cpus()
+    tasks = group_splits(per_file, split_bytes, workers)
+    run_read_tasks = read_tasks_on_ray if on_ray else read_tasks_locally
     shards: list[dict] = []
-    for result in run_read_tasks(tasks, min(workers, len(tasks)), config, tokenizer_sha, content_key, log):
+    worker_args = {"tokenizer_sha": tokenizer_sha, "config": to_dict(config), "content_key": content_key}
+    for result in run_read_tasks(ordered_tasks(tasks, log), min(workers, len(tasks)), worker_args, log):
         for part in result["files"]:
             entry = entries[part["file_index"]]
             for name in ("documents", "tokens", "invalid_utf8", "bad_records", "bytes_read"):
                 entry[name] += part[name]
-            if part["error"] and entry["status"] != "failed":
-                entry["status"], entry["reason"] = "failed", part["error"]
+            if part["status"] != "read" and entry["status"] != "failed":
+                entry["status"], entry["reason"] = part["status"], part["reason"]
         shards.extend(result["shards"])
 
     # Nothing of a failed file is committed: a reader never sees part of it. (A file read in a group fails
@@ -247,21 +256,36 @@ def tokenize_files(files: list[InputFile], config: PrepareConfig, tokenizer_sha:
     return entries, sorted(committed, key=lambda shard: shard["path"])
 
 
-def run_read_tasks(tasks: list[list[Split]], workers: int, config: PrepareConfig, tokenizer_sha: str,
-                   content_key: str, log) -> list[dict]:
+def runs_on_ray(executor: str, address: str | None) -> bool:
+    """Whether the read tasks go to Ray Data (see PrepareConfig.executor)."""
+    if executor != "auto":
+        return executor == "ray"
+    ray = sys.modules.get("ray")  # not imported for the question: importing Ray alone costs half a second
+    return bool(address or os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized()))
+
+
+def local_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def ordered_tasks(tasks: list[list[Split]], log) -> list[tuple[str, int]]:
+    """(the task as the workers get it, its bytes), largest first, so that the last to finish are small ones
+    and no worker idles long at the end."""
+    files = sum(len(task) for task in tasks)
+    log(f"electra prepare: {files} files or file parts in {len(tasks)} read tasks")
+    sized = [(json.dumps([split.to_json() for split in task]), sum(split.size for split in task)) for task in tasks]
+    return sorted(sized, key=lambda item: item[1], reverse=True)
+
+
+def read_tasks_on_ray(tasks: list[tuple[str, int]], workers: int, worker_args: dict, log) -> list[dict]:
     import ray.data
 
-    files = sum(len(task) for task in tasks)
-    log(f"electra prepare: {files} files or file parts in {len(tasks)} read tasks on {workers} tokenizer actors")
-    # Largest first, so that the last tasks to finish are small ones and no actor idles long at the end.
-    ordered = sorted(tasks, key=lambda task: sum(split.size for split in task), reverse=True)
-    items = [{"task": json.dumps([split.to_json() for split in task])} for task in ordered]
-    dataset = ray.data.from_items(items, override_num_blocks=len(items))
+    log(f"electra prepare: {workers} tokenizer actors on Ray Data")
+    dataset = ray.data.from_items([{"task": task} for task, _ in tasks], override_num_blocks=len(tasks))
     results = dataset.map_batches(
         TaskTokenizer,
         # The actors read the tokenizer from the output (published before this), not from the object store.
-        fn_constructor_kwargs={"tokenizer_sha": tokenizer_sha, "config": to_dict(config),
-                               "content_key": content_key},
+        fn_constructor_kwargs=worker_args,
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=1,
@@ -269,11 +293,55 @@ def run_read_tasks(tasks: list[list[Split]], workers: int, config: PrepareConfig
     return [json.loads(row["result"]) for row in results.iter_rows()]
 
 
+def read_tasks_locally(tasks: list[tuple[str, int]], workers: int, worker_args: dict, log) -> list[dict]:
+    """The same tasks on worker processes of this machine, with a progress line every PROGRESS_SECONDS."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    log(f"electra prepare: {workers} tokenizer processes on this machine")
+    total, done, results = sum(size for _, size in tasks), 0, []
+    started = last_report = time.perf_counter()
+    # spawn, not fork: the driver may hold the tokenizer's and Arrow's thread pools, which a fork would copy
+    # mid-state.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_local_worker, initargs=(worker_args,)) as pool:
+        pending = {pool.submit(_run_local_task, task): size for task, size in tasks}
+        try:
+            for future in as_completed(pending):
+                results.append(json.loads(future.result()))
+                done += pending[future]
+                now = time.perf_counter()
+                if now - last_report >= PROGRESS_SECONDS and len(results) < len(tasks):
+                    last_report = now
+                    log(f"electra prepare: {len(results)}/{len(tasks)} read tasks, {done / 1e6:,.1f}/"
+                        f"{total / 1e6:,.1f} MB, {done / 1e6 / (now - started):.2f} MB/s")
+        except BrokenProcessPool:
+            raise RuntimeError("a tokenizer process died (out of memory?); nothing was committed, and the next "
+                               "run starts over") from None
+    return results
+
+
+# Seconds between progress lines of a local run (Ray Data prints its own).
+PROGRESS_SECONDS = 10.0
+_local_worker: "TaskTokenizer | None" = None
+
+
+def _start_local_worker(worker_args: dict) -> None:
+    global _local_worker
+    _local_worker = TaskTokenizer(**worker_args)
+
+
+def _run_local_task(task: str) -> str:
+    return _local_worker.run(task)
+
+
 class TaskTokenizer:
-    """Ray Data actor: loads the tokenizer once, then reads, tokenizes, packs and writes each task it gets."""
+    """A tokenizer worker (a Ray Data actor or a local process): loads the tokenizer once, then reads,
+    tokenizes, packs and writes each task it gets."""
 
     def __init__(self, tokenizer_sha: str, config: dict, content_key: str):
-        # One tokenizer thread per actor: the actor pool already has one actor per CPU.
+        # One tokenizer thread per worker: there is already one worker per CPU.
         os.environ["RAYON_NUM_THREADS"] = "1"
         from tokenizers import Tokenizer
 
@@ -285,12 +353,12 @@ class TaskTokenizer:
         self.encoder = SentenceEncoder(Tokenizer.from_str(text.decode()))
         self.content_key = content_key
 
+    def run(self, task: str) -> str:
+        splits = [Split.from_json(item) for item in json.loads(task)]
+        return json.dumps(process_task(splits, self.encoder, self.config, self.content_key))
+
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
-        results = []
-        for text in batch["task"]:
-            splits = [Split.from_json(item) for item in json.loads(str(text))]
-            results.append(json.dumps(process_task(splits, self.encoder, self.config, self.content_key)))
-        return {"result": results}
+        return {"result": [self.run(str(task)) for task in batch["task"]]}
 
 
 def process_task(splits: list[Split], encoder: SentenceEncoder, config: PrepareConfig, content_key: str) -> dict:
@@ -315,7 +383,7 @@ def process_task(splits: list[Split], encoder: SentenceEncoder, config: PrepareC
         sources = [first.uri]
     else:
         parts = pack_whole_files(splits, encoder, packer, writer, config)
-        sources = sorted({split.uri for split, part in zip(splits, parts) if not part["error"]})
+        sources = sorted({split.uri for split, part in zip(splits, parts) if part["status"] == "read"})
     packer.finish()
     writer.add(*packer.take())
     writer.flush(final=True)
@@ -332,6 +400,9 @@ def stream_split(split: Split, encoder: SentenceEncoder, packer: SequencePacker,
                  config: PrepareConfig) -> dict:
     """One split read block by block (a large file's byte range, or a compressed file of any size)."""
     stats = ReadStats()
+    verdict = probe(split) if split.end == -1 else None  # a whole file (the driver probed byte ranges' files)
+    if verdict is not None:
+        return split_result(split, stats, 0, *verdict)
     tokens, error = 0, None
     try:
         block = SentenceBlock()
@@ -345,7 +416,7 @@ def stream_split(split: Split, encoder: SentenceEncoder, packer: SequencePacker,
         writer.add(*packer.take())
     except Exception as failure:  # a corrupt or truncated file fails alone; the others carry on
         error = describe_error(failure)
-    return split_result(split, stats, tokens, error)
+    return split_result(split, stats, tokens, "failed" if error else "read", error)
 
 
 def pack_whole_files(splits: list[Split], encoder: SentenceEncoder, packer: SequencePacker,
@@ -357,15 +428,16 @@ def pack_whole_files(splits: list[Split], encoder: SentenceEncoder, packer: Sequ
     for split in splits:
         stats = ReadStats()
         own = SentenceBlock()
-        try:
-            for batch in sentence_batches(split, config, stats):
-                own.add(*batch)
-            own.add([], [0])  # the file's last document ends here
-            error = None
-        except Exception as failure:
-            error = describe_error(failure)
-        parts.append(split_result(split, stats, 0, error))
-        if error is None:
+        status, reason = probe(split) or ("read", None)
+        if status == "read":
+            try:
+                for batch in sentence_batches(split, config, stats):
+                    own.add(*batch)
+                own.add([], [0])  # the file's last document ends here
+            except Exception as failure:
+                status, reason = "failed", describe_error(failure)
+        parts.append(split_result(split, stats, 0, status, reason))
+        if status == "read":
             block.add(own.sentences, own.document_ends)
             owners.append((len(block.sentences), parts[-1]))
         if block.chars >= TOKENIZE_BLOCK_CHARS or split is splits[-1]:
@@ -379,10 +451,11 @@ def pack_whole_files(splits: list[Split], encoder: SentenceEncoder, packer: Sequ
     return parts
 
 
-def split_result(split: Split, stats: ReadStats, tokens: int, error: str | None) -> dict:
+def split_result(split: Split, stats: ReadStats, tokens: int, status: str, reason: str | None) -> dict:
+    """What a task read of one split; status as in the manifest (read, empty, skipped or failed)."""
     return {"file_index": split.file_index, "documents": stats.documents, "tokens": tokens,
             "invalid_utf8": stats.invalid_utf8, "bad_records": stats.bad_records, "bytes_read": stats.bytes_read,
-            "error": error}
+            "status": status, "reason": reason}
 
 
 class SentenceBlock:
@@ -443,10 +516,10 @@ class ShardWriter:
     def _write(self, sequences: list[np.ndarray], token_types: list[np.ndarray]) -> None:
         path = f"{self.prefix}-{len(self.shards):04d}.parquet"
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int32, count=len(sequences))
-        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+        offsets = arrow_array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
         table = pa.table({
-            "input_ids": pa.ListArray.from_arrays(offsets, pa.array(np.concatenate(sequences))),
-            "token_type_ids": pa.ListArray.from_arrays(offsets, pa.array(np.concatenate(token_types))),
+            "input_ids": pa.ListArray.from_arrays(offsets, arrow_array(np.concatenate(sequences))),
+            "token_type_ids": pa.ListArray.from_arrays(offsets, arrow_array(np.concatenate(token_types))),
         })
         sink = io.BytesIO()
         pq.write_table(table, sink, compression="zstd")
@@ -457,6 +530,13 @@ class ShardWriter:
                             "sha256": hashlib.sha256(data).hexdigest()})
         self.rows += len(sequences)
         self.tokens += tokens
+
+
+def arrow_array(values: np.ndarray) -> pa.Array:
+    """A numpy array as an Arrow array without a copy. pa.array() would do the same, but on its first numpy
+    array in a process it imports pandas, 0.3 s of each worker's start."""
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
 
 # ----------------------------------------------------------------------------------------------------------
