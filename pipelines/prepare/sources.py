@@ -170,8 +170,9 @@ def probe(file: InputFile | Split) -> tuple[str, str | None] | None:
     """(status, reason) when a file is to be recorded without reading it, judged from its first bytes:
     ('empty', None), ('skipped', 'binary file: ...') or ('failed', a corrupt compressed stream, say).
     None when it looks readable. The driver probes the files it cuts into several splits (all of them must
-    agree); a tokenizer worker probes each whole file it is given, so that a tree of many small files is not
-    opened one by one on the driver."""
+    agree). A whole file is judged by the worker that reads it, from the same first bytes (reading raises
+    NotText, or reads no bytes), so that a tree of many small files is opened once per file, and not on the
+    driver."""
     if file.size == 0:
         return "empty", None
     try:
@@ -184,12 +185,19 @@ def probe(file: InputFile | Split) -> tuple[str, str | None] | None:
     if file.format == "parquet":
         return None if head.startswith(b"PAR1") else ("skipped", "binary file: not Parquet (no PAR1 magic)")
     if b"\x00" in head:
-        return "skipped", "binary file: NUL bytes in the first 8 KiB"
+        return "skipped", NUL_BYTES
     return None
 
 
+NUL_BYTES = "binary file: NUL bytes in the first 8 KiB"
+
+
+class NotText(ValueError):
+    """A file found to be binary while it is read; it is skipped, as probe() would have said."""
+
+
 def read_whole(file: InputFile, split_bytes: int) -> bool:
-    """Whether `file` becomes one split, a whole file that the worker reading it probes."""
+    """Whether `file` becomes one split, a whole file that the worker reading it judges (see probe)."""
     return file.format != "parquet" and (file.compression is not None or file.size <= split_bytes)
 
 
@@ -438,6 +446,8 @@ def _bounded_line_batches(split: Split, max_bytes: int, stats: ReadStats) -> Ite
         buffer, consumed = b"", 0  # consumed: bytes of the current line already given out as pieces
         while line_start < end:
             block = handle.read(READ_BLOCK)
+            if line_start == 0 and not buffer and b"\x00" in block[:PROBE_BYTES]:
+                raise NotText(NUL_BYTES)  # what probe() says, found by the read itself: one open per file
             buffer += block
             lines = buffer.split(b"\n")
             buffer = lines.pop()

@@ -36,6 +36,7 @@ from pipelines.prepare.sources import (
     discover,
     group_splits,
     make_splits,
+    NotText,
     probe,
     read_sample,
     read_whole,
@@ -400,10 +401,7 @@ def stream_split(split: Split, encoder: SentenceEncoder, packer: SequencePacker,
                  config: PrepareConfig) -> dict:
     """One split read block by block (a large file's byte range, or a compressed file of any size)."""
     stats = ReadStats()
-    verdict = probe(split) if split.end == -1 else None  # a whole file (the driver probed byte ranges' files)
-    if verdict is not None:
-        return split_result(split, stats, 0, *verdict)
-    tokens, error = 0, None
+    tokens = 0
     try:
         block = SentenceBlock()
         for batch in sentence_batches(split, config, stats):
@@ -414,9 +412,11 @@ def stream_split(split: Split, encoder: SentenceEncoder, packer: SequencePacker,
         block.add([], [0])  # the split's last document ends here
         tokens += sum(block.pack(encoder, packer))
         writer.add(*packer.take())
+    except NotText as verdict:  # found in the first block, before anything of it was packed
+        return split_result(split, stats, 0, "skipped", str(verdict))
     except Exception as failure:  # a corrupt or truncated file fails alone; the others carry on
-        error = describe_error(failure)
-    return split_result(split, stats, tokens, "failed" if error else "read", error)
+        return split_result(split, stats, tokens, "failed", describe_error(failure))
+    return split_result(split, stats, tokens, *read_status(split, stats))
 
 
 def pack_whole_files(splits: list[Split], encoder: SentenceEncoder, packer: SequencePacker,
@@ -426,20 +426,11 @@ def pack_whole_files(splits: list[Split], encoder: SentenceEncoder, packer: Sequ
     parts, owners = [], []
     block = SentenceBlock()
     for split in splits:
-        stats = ReadStats()
-        own = SentenceBlock()
-        status, reason = probe(split) or ("read", None)
-        if status == "read":
-            try:
-                for batch in sentence_batches(split, config, stats):
-                    own.add(*batch)
-                own.add([], [0])  # the file's last document ends here
-            except Exception as failure:
-                status, reason = "failed", describe_error(failure)
-        parts.append(split_result(split, stats, 0, status, reason))
-        if status == "read":
+        own, part = read_file_whole(split, config)
+        parts.append(part)
+        if part["status"] == "read":
             block.add(own.sentences, own.document_ends)
-            owners.append((len(block.sentences), parts[-1]))
+            owners.append((len(block.sentences), part))
         if block.chars >= TOKENIZE_BLOCK_CHARS or split is splits[-1]:
             lengths = block.pack(encoder, packer)
             start = 0
@@ -449,6 +440,26 @@ def pack_whole_files(splits: list[Split], encoder: SentenceEncoder, packer: Sequ
             writer.add(*packer.take())
             block, owners = SentenceBlock(), []
     return parts
+
+
+def read_file_whole(split: Split, config: PrepareConfig) -> tuple["SentenceBlock", dict]:
+    """A whole file's sentences, and what was read of it (a file that fails holds no sentences)."""
+    stats = ReadStats()
+    own = SentenceBlock()
+    try:
+        for batch in sentence_batches(split, config, stats):
+            own.add(*batch)
+        own.add([], [0])  # the file's last document ends here
+    except NotText as verdict:
+        return SentenceBlock(), split_result(split, stats, 0, "skipped", str(verdict))
+    except Exception as failure:
+        return SentenceBlock(), split_result(split, stats, 0, "failed", describe_error(failure))
+    return own, split_result(split, stats, 0, *read_status(split, stats))
+
+
+def read_status(split: Split, stats: ReadStats) -> tuple[str, None]:
+    """(status, reason) of a split read to its end: a whole file that held nothing (compressed, say) is empty."""
+    return ("empty" if split.end == -1 and stats.bytes_read == 0 else "read"), None
 
 
 def split_result(split: Split, stats: ReadStats, tokens: int, status: str, reason: str | None) -> dict:
