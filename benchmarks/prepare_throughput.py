@@ -206,8 +206,8 @@ def prepare_on_running_ray(corpus: Path, output: Path, tokenizer_dir: Path) -> d
     root = Path(tempfile.mkdtemp(prefix="rayh-", dir="/tmp"))
     head, process = start_head(root)
     try:
-        # A cluster that has run a Ray Data job before holds Ray Data's detached helper actors (stats,
-        # autoscaling coordinator, actor locations); one small run first makes this head such a cluster.
+        # A cluster in use has run jobs before (its workers' files are in the page cache, its job table is
+        # not empty); one small run first makes this head such a cluster.
         warm_up = output.with_name(output.name + "-warm-up")
         warm_up.mkdir()
         (warm_up / "input.txt").write_text("a first small run on this cluster\n")

@@ -19,7 +19,7 @@ from pipelines.errors import InputError
 # Flags whose name is not the field's (kept from before flags were derived from the configs).
 _FLAG_NAMES = {"inputs": "--input"}
 STAGES = {
-    "prepare": ("PrepareConfig", "tokenize raw text into Parquet shards with Ray Data"),
+    "prepare": ("PrepareConfig", "tokenize raw text into Parquet shards (on Ray actors, or local processes without a cluster)"),
     "pretrain": ("PretrainConfig", "pretrain ELECTRA with Ray Train + DeepSpeed ZeRO"),
     "finetune": ("FinetuneConfig", "fine-tune a pretrained discriminator on a labeled task"),
 }

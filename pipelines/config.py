@@ -59,8 +59,8 @@ class PrepareConfig:
     max_line_chars: int = 1_000_000
     """Longer lines are cut (at whitespace where possible) so memory stays bounded."""
     executor: str = "auto"
-    """Where the read tasks run; the output is the same whichever. ray: Ray Data actors (on the cluster given, else
-    on a local Ray started for the run). local: worker processes of this machine. auto: ray when a cluster is
+    """Where the read tasks run; the output is the same whichever. ray: Ray actors (on the cluster given, else on a
+    local Ray started for the run). local: worker processes of this machine. auto: ray when a cluster is
     given (--address, or RAY_ADDRESS as inside `ray job submit`) or this process is already on one, else local:
     one machine gains nothing from a Ray of its own, whose start and stop cost about 6 s of the CPU the
     tokenizers need (on 2 cores, 40 MB: 19.8 s started its Ray against 10.5 s on a running one)."""

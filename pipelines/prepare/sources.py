@@ -227,8 +227,9 @@ def make_splits(file_index: int, file: InputFile, split_bytes: int) -> list[Spli
     if read_whole(file, split_bytes):
         return [Split(file_index, 0, file.uri, file.format, file.compression, 0, -1, file.size)]
     splits = []
-    for index, start in enumerate(range(0, file.size, split_bytes)):
-        end = min(start + split_bytes, file.size)
+    step = even_share(file.size, split_bytes, 1)  # 10 MB at 4: three ranges of 3.3 MB, not 4, 4 and 2
+    for index, start in enumerate(range(0, file.size, step)):
+        end = min(start + step, file.size)
         splits.append(Split(file_index, index, file.uri, file.format, None, start, end, end - start))
     return splits
 
@@ -237,10 +238,10 @@ def group_splits(per_file: list[list[Split]], split_bytes: int, workers: int) ->
     """Read tasks. Each split of a file cut in several is a task of its own. Files read in one split (small
     ones, compressed ones) are grouped, in order, into tasks of up to `split_bytes`, and into at least
     `workers` tasks when there are that many files, so that a tree of many small files costs a few tasks
-    (and a few shards) instead of one each, and every actor still has work."""
+    (and a few shards) instead of one each, and every worker still has work."""
     tasks = [[split] for splits in per_file if len(splits) > 1 for split in splits]
     whole_files = [splits[0] for splits in per_file if len(splits) == 1]
-    target = max(1, min(split_bytes, -(-sum(split.size for split in whole_files) // max(1, workers))))
+    target = even_share(sum(split.size for split in whole_files), split_bytes, workers)
     group: list[Split] = []
     size = 0
     for split in whole_files:
@@ -255,6 +256,15 @@ def group_splits(per_file: list[list[Split]], split_bytes: int, workers: int) ->
     if group:
         tasks.append(group)
     return tasks
+
+
+def even_share(total: int, most: int, workers: int) -> int:
+    """Bytes per piece when `total` is cut into the fewest pieces of at most `most` bytes whose count is a
+    multiple of `workers`: 8.8 MB of small files at 4 MB on 2 workers are 4 tasks of 2.2 MB, not 4, 4 and 0.8
+    (one worker idle while the other reads its second task)."""
+    pieces = -(-max(1, total) // max(1, most))
+    pieces = -(-pieces // max(1, workers)) * max(1, workers)
+    return max(1, -(-total // pieces))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`electra prepare` on a real local Ray (the in-process runs join this session's Ray, so they run on Ray Data; a
+"""`electra prepare` on a real local Ray (the in-process runs join this session's Ray, so they run on Ray actors; a
 command started without a cluster runs on local processes): what a user gets in the output, and how it behaves."""
 
 from __future__ import annotations
@@ -400,19 +400,19 @@ def mixed_corpus(root) -> None:
     (root / "truncated.txt.gz").write_bytes(data[: len(data) // 2])
 
 
-def test_without_a_cluster_the_command_runs_on_local_processes_and_writes_what_ray_data_writes(tmp_path):
+def test_without_a_cluster_the_command_runs_on_local_processes_and_writes_what_ray_actors_write(tmp_path):
     """No --address and no RAY_ADDRESS: the command starts no Ray (on one machine its start and stop cost more
-    than the tokenizing of tens of MB), and its shards are byte for byte those of Ray Data's actors."""
+    than the tokenizing of tens of MB), and its shards are byte for byte those of the Ray actors."""
     mixed_corpus(tmp_path / "in")
     settings = ["--set", "split_mb=0.02", "--set", "shard_rows=50"]
     _, ray_logs = prepare([tmp_path / "in"], tmp_path / "ray", split_mb=0.02, shard_rows=50, executor="ray")
-    assert "tokenizer actors on Ray Data" in ray_logs
+    assert "tokenizer actors on Ray" in ray_logs
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     done = subprocess.run([sys.executable, "-m", "pipelines.cli", "prepare", "--input", str(tmp_path / "in"),
                            "--output", str(tmp_path / "local"), "--tokenizer", str(tmp_path / "ray"), *settings],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "tokenizer processes on this machine" in done.stdout and "Ray Data" not in done.stdout + done.stderr
+    assert "tokenizer processes on this machine" in done.stdout and "actors on Ray" not in done.stdout
     on_ray = load_committed_dataset(str(tmp_path / "ray"))
     local = load_committed_dataset(str(tmp_path / "local"))
     assert local["counts"] == on_ray["counts"] and on_ray["counts"]["files_failed"] == 1
@@ -421,14 +421,16 @@ def test_without_a_cluster_the_command_runs_on_local_processes_and_writes_what_r
         [(f["uri"], f["status"], f["tokens"]) for f in on_ray["files"]]
 
 
-def test_a_long_local_run_reports_its_progress(tmp_path, monkeypatch):
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_long_run_reports_its_progress(tmp_path, monkeypatch, executor):
     from pipelines.prepare import stage
 
     monkeypatch.setattr(stage, "PROGRESS_SECONDS", 0.0)
     mixed_corpus(tmp_path / "in")
-    _, logs = prepare([tmp_path / "in"], tmp_path / "out", split_mb=0.02, executor="local", workers=2)
+    _, logs = prepare([tmp_path / "in"], tmp_path / "out", split_mb=0.02, executor=executor, workers=2)
     progress = [line for line in logs.splitlines() if " read tasks, " in line and line.endswith("MB/s")]
-    assert "2 tokenizer processes on this machine" in logs and len(progress) >= 3
+    assert ("2 tokenizer processes on this machine" if executor == "local" else "2 tokenizer actors on Ray") in logs
+    assert len(progress) >= 3
     assert load_committed_dataset(str(tmp_path / "out"))["counts"]["files_read"] == 31
 
 
