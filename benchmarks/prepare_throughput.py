@@ -177,8 +177,8 @@ def run_prepare(corpus: Path, output: Path, tokenizer_dir: Path, head=None, extr
     return {"seconds": seconds, "peak_rss_mb": peak / 2**20, "manifest": manifest, "summary": summary[-1:]}
 
 
-def shard_checksums(run: dict) -> list[tuple[str, str]]:
-    return [(shard["path"], shard["sha256"]) for shard in run["manifest"]["shards"]]
+def shard_checksums(run: dict) -> list[str]:
+    return [shard["sha256"] for shard in run["manifest"]["shards"]]
 
 
 def _tree_rss(process: psutil.Process) -> int:

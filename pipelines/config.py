@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 import yaml
@@ -68,10 +69,16 @@ class PrepareConfig:
     """Tokenizer processes (Ray actors or local processes); 0 means one per CPU of the Ray cluster or machine."""
     strict: bool = False
     """Exit with status 2, before committing, when any input file fails to read."""
+    verify: bool = False
+    """On a re-run, check every shard the last manifest lists against its sha256 (reads them all), not only
+    that it is there at its listed size; a damaged shard's files are read again."""
 
     def __post_init__(self) -> None:
-        if self.seq_len < 8:
-            raise ValueError(f"seq_len must be at least 8, got {self.seq_len}")
+        if not 8 <= self.seq_len <= MAX_SEQ_LEN:
+            raise ValueError(f"seq_len must be in 8..{MAX_SEQ_LEN}, got {self.seq_len}")
+        if not MIN_VOCAB_SIZE <= self.vocab_size <= MAX_VOCAB_SIZE:
+            raise ValueError(f"vocab_size must be in {MIN_VOCAB_SIZE}..{MAX_VOCAB_SIZE:,}, got {self.vocab_size}")
+        check_finite(self)
         if self.packing not in ("dense", "reference"):
             raise ValueError(f"packing must be 'dense' or 'reference', got {self.packing!r}")
         if self.executor not in ("auto", "ray", "local"):
@@ -81,13 +88,28 @@ class PrepareConfig:
         for name in ("single_segment_prob", "short_seq_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("vocab_size", "shard_rows", "max_line_chars"):
+        for name in ("shard_rows", "max_line_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.split_mb <= 0 or self.tokenizer_sample_mb <= 0:
             raise ValueError("split_mb and tokenizer_sample_mb must be positive")
         if self.workers < 0:
             raise ValueError(f"workers must be 0 (one per CPU) or more, got {self.workers}")
+
+
+# Longest prepared sequence: the model's position table grows to it, and attention's memory with its square
+# (100,000 was accepted once, and pretraining then asked for 640 GB). ELECTRA's own runs use 128 and 512.
+MAX_SEQ_LEN = 4096
+# A WordPiece vocabulary needs the special tokens and an alphabet (`--vocab-size 3` gave 53 tokens).
+MIN_VOCAB_SIZE, MAX_VOCAB_SIZE = 100, 1_000_000
+
+
+def check_finite(config) -> None:
+    """Every float setting of `config` is a number: NaN or infinity fail here, not in an optimizer later."""
+    for item in fields(config):
+        value = getattr(config, item.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{item.name} must be a finite number, got {value}")
 
 
 PRESET_LEARNING_RATES = {"tiny": 1e-3, "mini": 2e-3, "small": 5e-4, "base": 2e-4, "large": 2e-4}
@@ -177,6 +199,12 @@ class PretrainConfig:
                      "keep_checkpoints", "log_every", "shuffle_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_finite(self)
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        for name in ("weight_decay", "adam_epsilon", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.global_batch_size % (self.micro_batch_size * self.workers):
             raise ValueError(f"global_batch_size ({self.global_batch_size}) must be a multiple of micro_batch_size "
                              f"x workers ({self.micro_batch_size} x {self.workers})")
@@ -259,6 +287,9 @@ class FinetuneConfig:
     """CPUs reserved for each worker; its torch uses as many threads."""
     gpus_per_worker: int = 0
     """0 trains on CPU; 1 on one GPU per worker."""
+    strict: bool = False
+    """Refuse (exit 2) a labeled file holding invalid UTF-8; without it such bytes are replaced with U+FFFD,
+    counted and named in a warning, as prepare does."""
     seed: int = 0
     """Seed of the first trial: the head's initialisation, data order and dropout; trial k uses seed + k."""
     trials: int = 1
@@ -281,6 +312,15 @@ class FinetuneConfig:
         for name in ("epochs", "batch_size", "max_seq_len", "workers", "cpus_per_worker", "trials"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_seq_len > MAX_SEQ_LEN:
+            raise ValueError(f"max_seq_len must be at most {MAX_SEQ_LEN}, got {self.max_seq_len}")
+        check_finite(self)
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be 0 or more, got {self.weight_decay}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not 0.0 < self.layer_decay <= 1.0:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.baseline not in BASELINES:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -32,10 +32,50 @@ class LabeledData:
     pairs: list[str] | None
     labels: list
     columns: tuple[str, str | None, str]
+    warnings: list[str] = field(default_factory=list)  # what was repaired on reading, one line each
 
 
-def read_table(uri: str) -> pa.Table:
+class Utf8Repair:
+    """Invalid UTF-8 found in one file: bytes replaced with U+FFFD (as prepare does), counted by line or row."""
+
+    def __init__(self, uri: str, strict: bool):
+        self.uri, self.strict = uri, strict
+        self.replaced = 0
+        self.places: list[str] = []
+
+    def text(self, raw: bytes, place: str) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            if self.strict:
+                raise InputError(f"{self.uri}: {place}: invalid UTF-8 (--strict refuses it; without it the bytes "
+                                 "are replaced with U+FFFD and counted)") from None
+        fixed = raw.decode("utf-8", errors="replace")
+        self.replaced += len(fixed) - len(raw.decode("utf-8", errors="ignore"))
+        self.places.append(place)
+        return fixed
+
+    def whole_file(self, data: bytes) -> bytes:
+        """A text file's bytes made valid UTF-8, line by line (only when the file as a whole is not)."""
+        try:
+            data.decode("utf-8")
+            return data
+        except UnicodeDecodeError:
+            pass
+        return "\n".join(self.text(line, f"line {number}")
+                          for number, line in enumerate(data.split(b"\n"), start=1)).encode()
+
+    def warning(self) -> str | None:
+        if not self.replaced:
+            return None
+        shown = ", ".join(self.places[:5]) + (f" and {len(self.places) - 5} more" if len(self.places) > 5 else "")
+        return (f"{self.uri}: {self.replaced} invalid UTF-8 bytes replaced with U+FFFD ({shown}); "
+                "--strict refuses such a file")
+
+
+def read_table(uri: str, repair: Utf8Repair | None = None) -> pa.Table:
     name = uri.lower().removesuffix(".gz")
+    repair = repair or Utf8Repair(uri, strict=False)
     try:
         data = storage.read_bytes(uri)
     except FileNotFoundError:
@@ -44,6 +84,9 @@ def read_table(uri: str) -> pa.Table:
         import gzip
 
         data = gzip.decompress(data)
+    if not name.endswith((".parquet", ".pq")):
+        # pyarrow would read a column holding one invalid byte as binary, every value of it then bytes.
+        data = repair.whole_file(data)
     try:
         if name.endswith(".tsv"):
             # GLUE-style TSV: tab separated, no quoting (sentences contain quote characters).
@@ -74,25 +117,35 @@ def _pick(uri: str, columns: list[str], wanted: str | None, candidates: tuple[st
     return None
 
 
-def read_labeled(uri: str, text_column: str | None, pair_column: str | None, label_column: str | None) -> LabeledData:
-    table = read_table(uri)
+def read_labeled(uri: str, text_column: str | None, pair_column: str | None, label_column: str | None,
+                 strict: bool = False) -> LabeledData:
+    repair = Utf8Repair(uri, strict)
+    table = read_table(uri, repair)
     columns = table.column_names
     text = _pick(uri, columns, text_column, TEXT_COLUMNS, "text", required=True)
     pair = _pick(uri, columns, pair_column, PAIR_COLUMNS, "text pair", required=False)
     label = _pick(uri, columns, label_column, LABEL_COLUMNS, "label", required=True)
-    texts = _texts(uri, table, text)
-    pairs = _texts(uri, table, pair) if pair else None
-    labels = table.column(label).to_pylist()
+    texts = _texts(uri, table, text, repair)
+    pairs = _texts(uri, table, pair, repair) if pair else None
+    labels = _decoded(table.column(label).to_pylist(), label, repair)
     for row, value in enumerate(labels, start=1):
         if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float) and math.isnan(value)):
             raise InputError(f"{uri}: row {row}: column {label!r} is empty")
     if not texts:
         raise InputError(f"{uri}: no rows")
-    return LabeledData(uri, texts, pairs, labels, (text, pair, label))
+    warning = repair.warning()
+    return LabeledData(uri, texts, pairs, labels, (text, pair, label), [warning] if warning else [])
 
 
-def _texts(uri: str, table: pa.Table, column: str) -> list[str]:
-    values = table.column(column).to_pylist()
+def _decoded(values: list, column: str, repair: Utf8Repair) -> list:
+    """A binary column's values (Parquet's, or a column pyarrow could not read as text) as text; str() of
+    bytes would be "b'...'"."""
+    return [repair.text(value, f"row {row}, column {column!r}") if isinstance(value, bytes) else value
+            for row, value in enumerate(values, start=1)]
+
+
+def _texts(uri: str, table: pa.Table, column: str, repair: Utf8Repair) -> list[str]:
+    values = _decoded(table.column(column).to_pylist(), column, repair)
     for row, value in enumerate(values, start=1):
         if value is None or not str(value).strip():
             raise InputError(f"{uri}: row {row}: column {column!r} is empty")

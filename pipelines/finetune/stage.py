@@ -42,8 +42,11 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
     model_dir = resolve_model(config.model)
     if not storage.exists(storage.join(model_dir, "tokenizer.json")):
         raise InputError(f"{model_dir}: no tokenizer.json next to the model")
-    train = read_labeled(config.train, config.text_column, config.text_pair_column, config.label_column)
-    evaluation = read_labeled(config.eval, train.columns[0], train.columns[1], train.columns[2])
+    train = read_labeled(config.train, config.text_column, config.text_pair_column, config.label_column,
+                         strict=config.strict)
+    evaluation = read_labeled(config.eval, train.columns[0], train.columns[1], train.columns[2], strict=config.strict)
+    for warning in train.warnings + evaluation.warnings:
+        log(f"warning: {warning}")
     labels = LabelSpace.from_training(train, config.task_type)
     train_labels, eval_labels = labels.encode(train), labels.encode(evaluation)
     metric = config.metric or DEFAULT_METRIC[config.task_type]

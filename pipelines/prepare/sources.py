@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from electra_core import storage
 from pipelines.errors import InputError
+from pipelines.prepare.manifest import MANIFEST_NAME
 
 COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd", ".xz": "xz"}
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -68,22 +69,26 @@ class Split:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def discover(inputs: list[str]) -> list[InputFile]:
+def discover(inputs: list[str], output: str | None = None) -> list[InputFile]:
     """Every file named by `inputs` (files, directories searched recursively, globs), sorted and deduplicated.
 
     An input that matches nothing, or a file named on its own that cannot be opened, is an InputError before
     any work starts. Files found in a directory or by a glob are described from the listing alone (on object
     storage one request per thousand files, not two per file); one that cannot be read fails alone when it is
     read. Inside directories, hidden files and directories ('.') and files named like commit markers ('_') are
-    left out.
+    left out, and so are `output` and any prepared dataset (a directory holding _manifest.json): a run whose
+    output lies inside its input would otherwise read its own shards and vocabulary back as text.
     """
     if not inputs:
         raise InputError("no --input given")
     found: dict[str, InputFile] = {}
+    inside_output = (output.rstrip("/") + "/") if output else None
     for uri in inputs:
         fs, path = _filesystem(uri)
         for file_path, info in _expand(fs, path, uri).items():
             file_uri = _full_uri(fs, file_path, uri)
+            if inside_output and file_uri.startswith(inside_output) and info is not None:
+                continue
             if file_uri not in found:
                 found[file_uri] = _describe(fs, file_path, file_uri, info)
     return [found[uri] for uri in sorted(found)]
@@ -105,7 +110,10 @@ def _expand(fs, path: str, uri: str) -> dict[str, dict | None]:
                 raise InputError(f"{uri}: no files match")
             return matches
         if fs.isdir(path):
-            files = {p: info for p, info in fs.find(path, detail=True).items() if not _hidden(p, path)}
+            listing = fs.find(path, detail=True)
+            datasets = tuple(p[: -len(MANIFEST_NAME)] for p in listing if p.endswith("/" + MANIFEST_NAME))
+            files = {p: info for p, info in listing.items()
+                     if not _hidden(p, path) and not (datasets and p.startswith(datasets))}
             if not files:
                 raise InputError(f"{uri}: directory holds no input files")
             return files

@@ -58,7 +58,7 @@ def run_prepare(config: PrepareConfig, address: str | None = None, log: Callable
     if not config.output:
         raise InputError("--output is required")
     config = with_absolute_local_paths(config)
-    files = discover(config.inputs)
+    files = discover(config.inputs, config.output)
     previous = with_absolute_sources(manifests.read_manifest(config.output))
     tokenizer = resolve_tokenizer(config, previous, files, log)
     # The canonical serialisation: what is written, hashed and handed to the actors is the same text.
@@ -67,7 +67,12 @@ def run_prepare(config: PrepareConfig, address: str | None = None, log: Callable
     content_key = content_fingerprint(config, tokenizer_sha)
 
     # --- plan: reuse what the last manifest already holds for unchanged files ---------------------------
-    kept, kept_shards = reusable_parts(previous, files, content_key)
+    damaged = set()
+    if previous is not None:
+        for shard, problem in manifests.damaged_shards(config.output, previous, checksums=config.verify):
+            log(f"warning: {storage.join(config.output, shard['path'])}: {problem}; reading its files again")
+            damaged.add(shard["path"])
+    kept, kept_shards = reusable_parts(previous, files, content_key, damaged)
     kept_uris = {entry["uri"] for entry in kept}
     new_files = [f for f in files if f.uri not in kept_uris]
     if previous is not None and not new_files and len(kept) == len(previous["files"]):
@@ -83,7 +88,7 @@ def run_prepare(config: PrepareConfig, address: str | None = None, log: Callable
     # --- run ---------------------------------------------------------------------------------------------
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     publish_tokenizer(config.output, tokenizer, tokenizer_sha)
-    new_entries, new_shards = tokenize_files(new_files, config, tokenizer_sha, content_key, run_id, address, log)
+    new_entries, new_shards = tokenize_files(new_files, config, tokenizer_sha, run_id, address, log)
 
     # --- commit ------------------------------------------------------------------------------------------
     failed = [entry for entry in new_entries if entry["status"] == "failed"]
@@ -130,16 +135,19 @@ def shard_sources(shard: dict) -> list[str]:
     return shard["sources"] if "sources" in shard else [shard["source"]]
 
 
-def reusable_parts(previous: dict | None, files: list[InputFile], content_key: str) -> tuple[list[dict], list[dict]]:
-    """(manifest entries, shards) of the last run that this one keeps. A shard is kept when every file it was
-    packed from is unchanged and still an input; a file is kept when all of its shards are (a file of a group
-    whose other member changed is read again with it)."""
+def reusable_parts(previous: dict | None, files: list[InputFile], content_key: str,
+                   damaged: set[str]) -> tuple[list[dict], list[dict]]:
+    """(manifest entries, shards) of the last run that this one keeps. A shard is kept when it is not damaged
+    (missing, or not what the manifest lists) and every file it was packed from is unchanged and still an
+    input; a file is kept when all of its shards are (a file of a group whose other member changed, or whose
+    shard was damaged, is read again with it)."""
     if previous is None or previous.get("content_fingerprint") != content_key:
         return [], []
     current = {(f.uri, f.fingerprint) for f in files}
     unchanged = {entry["uri"] for entry in previous["files"] if (entry["uri"], entry["fingerprint"]) in current}
     shards = previous["shards"]
-    broken = {uri for shard in shards if not unchanged.issuperset(shard["sources"]) for uri in shard["sources"]}
+    broken = {uri for shard in shards if shard["path"] in damaged or not unchanged.issuperset(shard["sources"])
+              for uri in shard["sources"]}
     kept_uris = unchanged - broken
     kept = [entry for entry in previous["files"] if entry["uri"] in kept_uris]
     return kept, [shard for shard in shards if kept_uris.issuperset(shard["sources"])]
@@ -201,8 +209,8 @@ def publish_tokenizer(output: str, tokenizer, tokenizer_sha: str) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def tokenize_files(files: list[InputFile], config: PrepareConfig, tokenizer_sha: str, content_key: str,
-                   run_id: str, address: str | None, log) -> tuple[list[dict], list[dict]]:
+def tokenize_files(files: list[InputFile], config: PrepareConfig, tokenizer_sha: str, run_id: str,
+                   address: str | None, log) -> tuple[list[dict], list[dict]]:
     """Manifest entries for `files` and the shards of those that were read."""
     entries: list[dict] = []
     per_file: list[list[Split]] = []
@@ -233,7 +241,7 @@ def tokenize_files(files: list[InputFile], config: PrepareConfig, tokenizer_sha:
     tasks = group_splits(per_file, split_bytes, workers)
     run_read_tasks = read_tasks_on_ray if on_ray else read_tasks_locally
     shards: list[dict] = []
-    worker_args = {"tokenizer_sha": tokenizer_sha, "config": to_dict(config), "content_key": content_key}
+    worker_args = {"tokenizer_sha": tokenizer_sha, "config": to_dict(config), "run_id": run_id}
     for result in run_read_tasks(ordered_tasks(tasks, log), min(workers, len(tasks)), worker_args, log):
         for part in result["files"]:
             entry = entries[part["file_index"]]
@@ -381,7 +389,7 @@ class TaskTokenizer:
     """A tokenizer worker (a Ray actor or a local process): loads the tokenizer once, then reads,
     tokenizes, packs and writes each task it gets."""
 
-    def __init__(self, tokenizer_sha: str, config: dict, content_key: str):
+    def __init__(self, tokenizer_sha: str, config: dict, run_id: str):
         # One tokenizer thread per worker: there is already one worker per CPU.
         os.environ["RAYON_NUM_THREADS"] = "1"
         from tokenizers import Tokenizer
@@ -392,14 +400,14 @@ class TaskTokenizer:
         if hashlib.sha256(text).hexdigest() != tokenizer_sha:
             raise RuntimeError(f"{uri} changed while this run was using it")
         self.encoder = SentenceEncoder(Tokenizer.from_str(text.decode()))
-        self.content_key = content_key
+        self.run_id = run_id
 
     def run(self, task: str) -> str:
         splits = [Split.from_json(item) for item in json.loads(task)]
-        return json.dumps(process_task(splits, self.encoder, self.config, self.content_key))
+        return json.dumps(process_task(splits, self.encoder, self.config, self.run_id))
 
 
-def process_task(splits: list[Split], encoder: SentenceEncoder, config: PrepareConfig, content_key: str) -> dict:
+def process_task(splits: list[Split], encoder: SentenceEncoder, config: PrepareConfig, run_id: str) -> dict:
     """Reads the task's splits, packs them into one stream of sequences and writes its shards. Errors are
     returned per file, not raised, so the run goes on."""
     first = splits[0]
@@ -409,9 +417,10 @@ def process_task(splits: list[Split], encoder: SentenceEncoder, config: PrepareC
         random.Random(f"{config.seed}:{posixpath.basename(first.uri)}:{first.split_index}"),
         config.single_segment_prob, config.short_seq_prob, dense=config.packing == "dense",
     )
-    # Named by the task's first file and split: shards sort in split order within a file, and no two tasks of
-    # a run, or a task and a shard kept from an earlier run, share a name (a file is in one task only).
-    file_key = hashlib.sha256(f"{first.uri}|{content_key}".encode()).hexdigest()[:16]
+    # Named by the task's first file and split and by the run: shards sort in split order within a file, no two
+    # tasks of a run share a name, and a run never writes over a shard that the last manifest lists (killed
+    # half way, it would leave that manifest pointing at other data).
+    file_key = hashlib.sha256(f"{first.uri}|{run_id}".encode()).hexdigest()[:16]
     writer = ShardWriter(config.output, f"shards/{file_key}-{first.split_index:05d}", config.shard_rows,
                          config.seq_len)
     if len(splits) == 1:

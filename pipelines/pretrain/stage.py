@@ -14,7 +14,7 @@ from electra_core import ElectraConfig, storage
 from electra_core.tokenizer import TOKENIZER_FILE, load_tokenizer, special_token_ids
 from pipelines.config import PretrainConfig, to_dict
 from pipelines.errors import InputError
-from pipelines.prepare.manifest import load_committed_dataset
+from pipelines.prepare.manifest import verified_dataset
 from pipelines.pretrain.checkpoint import drop_stale_ray_snapshot, list_checkpoints
 
 
@@ -60,7 +60,7 @@ def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) 
         raise InputError("--data is required (an `electra prepare` output)")
     if not config.name:
         raise InputError("--name is required (the run's directory under --storage)")
-    manifest = load_committed_dataset(config.data)
+    manifest = verified_dataset(config.data)
     model_config = resolve_model_config(config, manifest)
     uri = run_uri(config)
     existing = list_checkpoints(uri)

@@ -81,6 +81,24 @@ def test_a_preset_that_does_not_exist_is_refused_with_exit_2(tmp_path, capsys):
     assert status == 2 and "preset must be one of" in error and "huge" in error
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["prepare", "--input", "in", "--output", "out", "--seq-len", "100000"], "seq_len must be in 8..4096, got 100000"),
+    (["prepare", "--input", "in", "--output", "out", "--vocab-size", "3"], "vocab_size must be in 100..1,000,000"),
+    (["pretrain", "--data", "d", "--name", "x", "--lr", "nan"], "lr must be a finite number, got nan"),
+    (["pretrain", "--data", "d", "--name", "x", "--lr", "-1"], "lr must be positive, got -1"),
+    (["pretrain", "--data", "d", "--name", "x", "--grad-clip", "inf"], "grad_clip must be a finite number"),
+    (["finetune", "--model", "m", "--train", "t", "--eval", "e", "--output", "o", "--lr", "-1"],
+     "lr must be positive"),
+    (["finetune", "--model", "m", "--train", "t", "--eval", "e", "--output", "o", "--warmup-fraction", "1.5"],
+     "warmup_fraction must be in [0, 1)"),
+])
+def test_out_of_range_numbers_are_refused_before_any_work_with_exit_2(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    status = main(argv)
+    (error,) = command_errors(capsys.readouterr().err)
+    assert status == 2 and message in error and not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("flags, native", [("fpu avx2 avx512f avx512_bf16 sha_ni", True),
                                            ("fpu avx2 amx_bf16 amx_tile", True), ("fpu sse4_2 avx2 fma", False)])
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):

@@ -207,6 +207,62 @@ def test_bad_data_is_a_one_line_error_naming_file_row_and_column_with_exit_2(
     assert status == 2 and message in error
 
 
+def write_with_latin1_row(path, rows) -> None:
+    """A labeled file in the format its name says, one row of it (the third data row) in Latin-1."""
+    bad = "Caf\xe9 na\xefve film is good"
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        texts = [text.encode() for text, _ in rows]
+        texts[2] = bad.encode("latin-1")
+        pq.write_table(pa.table({"sentence": pa.array(texts, pa.binary()), "label": [label for _, label in rows]}),
+                       path)
+        return
+    if path.suffix == ".jsonl":
+        lines = [json.dumps({"sentence": text, "label": label}).encode() for text, label in rows]
+        lines[2] = lines[2].replace(rows[2][0].encode(), bad.encode("latin-1"))
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        return
+    separator = "\t" if path.suffix == ".tsv" else ","
+    lines = [f"sentence{separator}label".encode()] + [f"{t}{separator}{l}".encode() for t, l in rows]
+    lines[3] = f"{bad}{separator}{rows[2][1]}".encode("latin-1")
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
+@pytest.mark.parametrize("name", ["train.tsv", "train.csv", "train.jsonl", "train.parquet"])
+def test_invalid_utf8_is_replaced_counted_and_named_never_read_as_bytes(tmp_path, name):
+    from pipelines.finetune.data import read_labeled
+
+    write_with_latin1_row(tmp_path / name, sentiment_rows(20, 1))
+    data = read_labeled(str(tmp_path / name), None, None, None)
+    assert len(data.texts) == 20 and not any(text.startswith(("b'", 'b"')) for text in data.texts)
+    assert data.texts[2] == "Caf\ufffd na\ufffdve film is good"
+    assert data.texts[:2] == [text for text, _ in sentiment_rows(20, 1)[:2]]
+    (warning,) = data.warnings
+    place = "row 3, column 'sentence'" if name.endswith(".parquet") else ("line 3" if name.endswith(".jsonl")
+                                                                          else "line 4")
+    assert name in warning and "2 invalid UTF-8 bytes" in warning and place in warning
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_latin1_row_trains_with_a_warning_and_strict_refuses_it_with_exit_2(model_dir, tmp_path, capsys):
+    write_with_latin1_row(tmp_path / "train.tsv", sentiment_rows(40, 1))
+    evaluation = write_tsv(tmp_path / "dev.tsv", sentiment_rows(20, 2))
+    logs = []
+    result = finetune(model_dir, str(tmp_path / "train.tsv"), evaluation, tmp_path / "out", log=logs.append,
+                      epochs=1, baseline="none")
+    assert any("40 training and 20 eval examples" in line for line in logs)
+    assert any(line.startswith("warning: ") and "train.tsv" in line and "line 4" in line for line in logs)
+    assert result["metrics"]["eval"]
+
+    status = main(["finetune", "--model", model_dir, "--train", str(tmp_path / "train.tsv"), "--eval", evaluation,
+                   "--output", str(tmp_path / "strict"), "--strict"])
+    (error,) = command_errors(capsys.readouterr().err)
+    assert status == 2 and "train.tsv: line 4: invalid UTF-8" in error
+    assert not (tmp_path / "strict").exists()
+
+
 def test_a_model_uri_that_is_neither_a_model_nor_a_run_is_refused(tmp_path):
     with pytest.raises(InputError, match="not a model directory"):
         run_finetune(FinetuneConfig(model=str(tmp_path), train="t.tsv", eval="e.tsv", output=str(tmp_path / "o")))

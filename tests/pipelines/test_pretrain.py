@@ -225,3 +225,30 @@ def test_a_dataset_without_a_manifest_is_refused_before_training(tmp_path):
     (tmp_path / "half-written").mkdir()
     with pytest.raises(InputError, match="no _manifest.json"):
         run_pretrain(PretrainConfig(data=str(tmp_path / "half-written"), storage=str(tmp_path), name="x"))
+
+
+@pytest.mark.parametrize("damage", ["truncated shard", "deleted shards", "garbage tokenizer.json"])
+def test_a_damaged_dataset_exits_2_naming_what_is_damaged_before_any_worker_starts(
+        dataset, tmp_path, capsys, damage):
+    from pipelines.cli import main
+    from tests.pipelines.conftest import command_errors
+
+    copy = tmp_path / "prepared"
+    shutil.copytree(dataset, copy)
+    shards = sorted((copy / "shards").glob("*.parquet"))
+    if damage == "truncated shard":
+        shards[0].write_bytes(shards[0].read_bytes()[:300])
+        expected = f"{shards[0].name}: 300 bytes where the manifest lists"
+    elif damage == "deleted shards":
+        for shard in shards:
+            shard.unlink()
+        expected = f"missing ({len(shards)} of {len(shards)} shards damaged); run electra prepare"
+    else:
+        (copy / "tokenizer.json").write_text("{not json")
+        expected = "tokenizer.json: not the tokenizer the manifest lists"
+    started = time.perf_counter()
+    status = main(["pretrain", "--data", str(copy), "--storage", str(tmp_path / "runs"), "--name", "damaged",
+                   "--preset", "tiny", "--max-steps", "2"])
+    (error,) = command_errors(capsys.readouterr().err)
+    assert status == 2 and expected in error
+    assert time.perf_counter() - started < 10 and not (tmp_path / "runs" / "damaged").exists()
