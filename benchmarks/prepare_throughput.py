@@ -178,7 +178,7 @@ def run_prepare(corpus: Path, output: Path, tokenizer_dir: Path, head=None, extr
 
 
 def shard_checksums(run: dict) -> list[str]:
-    return [shard["sha256"] for shard in run["manifest"]["shards"]]
+    return sorted(shard["sha256"] for shard in run["manifest"]["shards"])
 
 
 def _tree_rss(process: psutil.Process) -> int:

@@ -116,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"electra {args.command}: error: {error}", file=sys.stderr)
         return error.exit_status
+    except KeyboardInterrupt:
+        # Every stage commits last (a manifest, a checkpoint, a record), so what an interrupted run leaves is
+        # either complete or ignored and redone by the next run.
+        print(f"electra {args.command}: interrupted; run the same command to continue", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import posixpath
 import random
+import signal
 import sys
 import time
 import uuid
@@ -263,7 +264,15 @@ def tokenize_files(files: list[InputFile], config: PrepareConfig, tokenizer_sha:
     for entry in entries:
         if entry["status"] == "failed":
             entry.update(documents=0, tokens=0)
-    return entries, sorted(committed, key=lambda shard: shard["path"])
+    return entries, sorted(committed, key=shard_order)
+
+
+def shard_order(shard: dict) -> tuple:
+    """Where a new shard goes in the manifest: by the files it holds, then its split and number. Not by its
+    name, which holds the run: the same input prepared twice lists its shards in the same order, so it is the
+    same dataset (fingerprint, training order)."""
+    split_and_number = shard["path"].rsplit("/", 1)[-1].split("-", 1)[1]
+    return tuple(shard["sources"]), split_and_number
 
 
 def runs_on_ray(executor: str, address: str | None) -> bool:
@@ -348,6 +357,14 @@ def read_tasks_locally(tasks: list[tuple[str, int]], workers: int, worker_args: 
         except BrokenProcessPool:
             raise RuntimeError("a tokenizer process died (out of memory?); nothing was committed, and the next "
                                "run starts over") from None
+        except KeyboardInterrupt:
+            # The workers ignore Ctrl-C (each would print a traceback); they are stopped here instead of being
+            # waited for. The pool has no public way to stop running tasks.
+            processes = list(pool._processes.values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.terminate()
+            raise
     return results
 
 
@@ -378,6 +395,7 @@ _local_worker: "TaskTokenizer | None" = None
 
 def _start_local_worker(worker_args: dict) -> None:
     global _local_worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the driver handles it
     _local_worker = TaskTokenizer(**worker_args)
 
 

@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -441,7 +442,7 @@ def test_changed_settings_rebuild_everything_and_remove_the_old_shards(tmp_path)
 
 
 def without_paths(shards: list[dict]) -> list[dict]:
-    """Shards as their content and origin; their names hold the run that wrote them."""
+    """Shards as their content and origin, in manifest order; their names hold the run that wrote them."""
     return [{key: value for key, value in shard.items() if key != "path"} for shard in shards]
 
 
@@ -472,6 +473,7 @@ def test_without_a_cluster_the_command_runs_on_local_processes_and_writes_what_r
     local = load_committed_dataset(str(tmp_path / "local"))
     assert local["counts"] == on_ray["counts"] and on_ray["counts"]["files_failed"] == 1
     assert len(on_ray["shards"]) > 3 and without_paths(local["shards"]) == without_paths(on_ray["shards"])
+    assert local["dataset_fingerprint"] == on_ray["dataset_fingerprint"]
     assert [(f["uri"], f["status"], f["tokens"]) for f in local["files"]] == \
         [(f["uri"], f["status"], f["tokens"]) for f in on_ray["files"]]
 
@@ -519,6 +521,32 @@ def test_a_run_killed_mid_write_leaves_no_manifest_and_the_next_run_completes(tm
     assert manifest["counts"]["files_read"] == 4 and len(rows) == manifest["counts"]["sequences"]
     on_disk = {str(p.relative_to(output)) for p in (output / "shards").iterdir()}
     assert on_disk == {s["path"] for s in manifest["shards"]}
+
+
+def test_ctrl_c_prints_one_line_exits_130_and_the_next_run_completes(tmp_path):
+    (tmp_path / "in").mkdir()
+    for i in range(4):
+        (tmp_path / "in" / f"part{i}.txt").write_text("\n".join(make_sentences(20000, seed=i)))
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "pipelines.cli", "prepare", "--input", str(tmp_path / "in"),
+               "--output", str(output), "--vocab-size", "300", "--set", "split_mb=0.2", "--set", "shard_rows=200"]
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((output / "shards").glob("*.parquet")):
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C does: the whole process group
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, 9)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines() == ["electra prepare: interrupted; run the same command to continue"]
+    assert not (output / "_manifest.json").exists()
+    prepare([tmp_path / "in"], output, split_mb=0.2, shard_rows=200)
+    assert load_committed_dataset(str(output))["counts"]["files_read"] == 4
 
 
 # ----------------------------------------------------------------------------------------------------------
