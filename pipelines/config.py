@@ -384,7 +384,10 @@ def load_yaml(uri: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise InputError(f"{uri}: config file not found") from None
     except yaml.YAMLError as error:
-        raise InputError(f"{uri}: not valid YAML ({str(error).splitlines()[0]})") from None
+        mark = getattr(error, "problem_mark", None)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        place = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise InputError(f"{uri}: {place}not valid YAML ({problem})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -407,11 +410,14 @@ def build_stage_config(
         if not isinstance(stage, dict):
             raise InputError(f"{config_file}: section {section!r} must be a mapping")
         values.update(_check_keys(cls, stage, f"{config_file}: {section}"))
-    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    values.update(given)
     for item in overrides or []:
         key, value = parse_override(item, section)
         values.update(_check_keys(cls, {key: value}, "--set"))
-    return from_dict(cls, values, where=config_file or "command line")
+    origins = {key: f"--{key.replace('_', '-')}" for key in given}
+    origins.update(override_origins(overrides, section).get(section, {}))
+    return from_dict(cls, values, where=config_file or "command line", origins=origins)
 
 
 def pipeline_sections(config_file: str | None, overrides: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -467,19 +473,33 @@ def _check_keys(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]
     return values
 
 
-def from_dict(cls: type[T], values: dict[str, Any], where: str) -> T:
-    """Builds `cls` from plain values, checking each against its field's type."""
+def from_dict(cls: type[T], values: dict[str, Any], where: str, origins: dict[str, str] | None = None) -> T:
+    """Builds `cls` from plain values, checking each against its field's type. An error names where the value
+    came from: `origins` (key -> a flag or `--set ...`) for values given on the command line, else `where`."""
+    origins = origins or {}
     hints = typing.get_type_hints(cls)
     converted = {}
     for key, value in _check_keys(cls, values, where).items():
         try:
             converted[key] = coerce(value, hints[key])
         except (TypeError, ValueError) as error:
-            raise InputError(f"{where}: {key}: {error}") from None
+            raise InputError(f"{origins.get(key, where)}: {key}: {error}") from None
     try:
         return cls(**converted)
     except ValueError as error:
-        raise InputError(f"{where}: {error}") from None
+        # Range checks name their field first ("seq_len must be ...").
+        origin = next((origin for key, origin in origins.items() if str(error).startswith(f"{key} ")), where)
+        raise InputError(f"{origin}: {error}") from None
+
+
+def override_origins(overrides: list[str] | None, section: str | None = None) -> dict[str, dict[str, str]]:
+    """{section: {key: "--set ITEM"}} for `--set` overrides (section.key=value, or key=value of `section`)."""
+    origins: dict[str, dict[str, str]] = {}
+    for item in overrides or []:
+        name = item.split("=", 1)[0]
+        where, key = (section, name) if section and "." not in name else name.split(".", 1)
+        origins.setdefault(where.strip(), {})[key.strip()] = f"--set {item}"
+    return origins
 
 
 def coerce(value: Any, annotation: Any) -> Any:

@@ -12,7 +12,7 @@ import time
 
 from electra_core import storage
 from pipelines.config import FinetuneConfig, to_dict
-from pipelines.errors import InputError
+from pipelines.errors import InputError, check_writable_directory
 from pipelines.finetune.data import LabelSpace, read_labeled
 from pipelines.finetune.metrics import DEFAULT_METRIC
 
@@ -54,6 +54,7 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
         f"columns {train.columns}, {labels.num_labels} {'outputs' if labels.task_type == 'regression' else 'labels'}; "
         f"model {model_dir}")
 
+    check_writable_directory(config.output, "--output")
     from pipelines.ray_runtime import ensure_ray, fit, ray_storage
 
     ensure_ray(address)

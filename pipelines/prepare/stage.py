@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from electra_core import storage
 from electra_core.tokenizer import CLS, SEP, TOKENIZER_FILE, save_tokenizer, train_tokenizer
 from pipelines.config import PrepareConfig, saved_dict, to_dict
-from pipelines.errors import InputError
+from pipelines.errors import InputError, check_writable_directory
 from pipelines.prepare import manifest as manifests
 from pipelines.prepare.encoding import SentenceEncoder
 from pipelines.prepare.packing import SequencePacker
@@ -60,6 +60,7 @@ def run_prepare(config: PrepareConfig, address: str | None = None, log: Callable
         raise InputError("--output is required")
     config = with_absolute_local_paths(config)
     files = discover(config.inputs, config.output)
+    check_writable_directory(config.output, "--output")
     previous = with_absolute_sources(manifests.read_manifest(config.output))
     tokenizer = resolve_tokenizer(config, previous, files, log)
     # The canonical serialisation: what is written, hashed and handed to the actors is the same text.

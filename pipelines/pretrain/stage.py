@@ -13,7 +13,7 @@ import time
 from electra_core import ElectraConfig, storage
 from electra_core.tokenizer import TOKENIZER_FILE, load_tokenizer, special_token_ids
 from pipelines.config import PretrainConfig, to_dict
-from pipelines.errors import InputError
+from pipelines.errors import InputError, check_writable_directory
 from pipelines.prepare.manifest import verified_dataset
 from pipelines.pretrain.checkpoint import drop_stale_ray_snapshot, list_checkpoints
 
@@ -63,6 +63,7 @@ def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) 
     manifest = verified_dataset(config.data)
     model_config = resolve_model_config(config, manifest)
     uri = run_uri(config)
+    check_writable_directory(uri, "the run's directory (--storage/--name)")
     existing = list_checkpoints(uri)
     drop_stale_ray_snapshot(uri, log=log)
     if existing:

@@ -36,6 +36,9 @@ def test_file_flags_and_overrides_apply_in_rising_priority(tmp_path):
         ("prepare: {}\n", ["pretrain.lr=1"], "reads section 'prepare'"),
         ("prepare: {}\n", ["seq_len"], "expected key=value"),
         ("prepare: {seq_len: [\n", [], "not valid YAML"),
+        ("prepare:\n  seq_len: 64\n   strict: true\n", [], "pipeline.yaml: line 3, column 10: not valid YAML"),
+        ("prepare:\n  seq_len: 64\n", ["seq_len=long"], "--set seq_len=long: seq_len: expected an integer"),
+        ("prepare:\n  seq_len: 64\n", ["seq_len=0"], "--set seq_len=0: seq_len must be in 8..4096"),
     ],
 )
 def test_bad_config_is_a_one_line_error_naming_the_file_or_field(tmp_path, yaml_text, overrides, message):

@@ -263,6 +263,15 @@ def test_a_latin1_row_trains_with_a_warning_and_strict_refuses_it_with_exit_2(mo
     assert not (tmp_path / "strict").exists()
 
 
+def test_an_output_that_is_a_file_exits_2_before_ray_starts(model_dir, tmp_path, capsys):
+    train = write_tsv(tmp_path / "train.tsv", sentiment_rows(20, 1))
+    (tmp_path / "out").write_text("a file")
+    status = main(["finetune", "--model", model_dir, "--train", train, "--eval", train, "--output",
+                   str(tmp_path / "out")])
+    (error,) = command_errors(capsys.readouterr().err)
+    assert status == 2 and f"{tmp_path / 'out'}: --output is a file, not a directory" in error
+
+
 def test_a_model_uri_that_is_neither_a_model_nor_a_run_is_refused(tmp_path):
     with pytest.raises(InputError, match="not a model directory"):
         run_finetune(FinetuneConfig(model=str(tmp_path), train="t.tsv", eval="e.tsv", output=str(tmp_path / "o")))

@@ -634,6 +634,18 @@ def test_missing_input_exits_2_naming_it_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("output, message", [("a-file", "--output is a file, not a directory"),
+                                             ("a-file/data", "--output cannot be written (NotADirectoryError")])
+def test_an_output_that_cannot_be_a_directory_exits_2_before_any_work(tmp_path, capsys, output, message):
+    (tmp_path / "in.txt").write_text("\n".join(make_sentences(50)))
+    (tmp_path / "a-file").write_text("not a directory")
+    status = main(["prepare", "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / output),
+                   "--vocab-size", "300"])
+    (error,) = command_errors(capsys.readouterr().err)
+    assert status == 2 and f"{tmp_path / output}: {message}" in error
+    assert (tmp_path / "a-file").read_text() == "not a directory"
+
+
 def test_an_empty_glob_and_a_wrong_config_key_exit_2(tmp_path, capsys):
     (tmp_path / "a.txt").write_text("hello there\n")
     assert main(["prepare", "--input", str(tmp_path / "*.jsonl"), "--output", str(tmp_path / "out")]) == 2

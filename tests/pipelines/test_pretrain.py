@@ -252,3 +252,14 @@ def test_a_damaged_dataset_exits_2_naming_what_is_damaged_before_any_worker_star
     (error,) = command_errors(capsys.readouterr().err)
     assert status == 2 and expected in error
     assert time.perf_counter() - started < 10 and not (tmp_path / "runs" / "damaged").exists()
+
+
+def test_a_storage_path_that_is_a_file_exits_2_before_any_worker_starts(dataset, tmp_path, capsys):
+    from pipelines.cli import main
+    from tests.pipelines.conftest import command_errors
+
+    (tmp_path / "runs").write_text("a file")
+    status = main(["pretrain", "--data", dataset, "--storage", str(tmp_path / "runs"), "--name", "r",
+                   "--preset", "tiny", "--max-steps", "2"])
+    (error,) = command_errors(capsys.readouterr().err)
+    assert status == 2 and "runs/r: the run's directory (--storage/--name) cannot be written" in error

@@ -100,3 +100,11 @@ def test_a_second_run_while_one_holds_the_lease_is_refused(pipeline_file, tmp_pa
     (error,) = command_errors(capsys.readouterr().err)
     assert "another run of this pipeline is in progress" in error
     assert not storage.exists(str(tmp_path / "root" / "data"))  # it did no work
+
+
+@pytest.mark.parametrize("key", ["finetune.train", "finetune.eval", "pretrain.init_from", "prepare.tokenizer"])
+def test_a_missing_input_of_a_later_stage_is_refused_before_the_first_stage(pipeline_file, tmp_path, capsys, key):
+    status = main(["run", "--config", str(pipeline_file), "--set", f"{key}={tmp_path / 'missing.tsv'}"])
+    (error,) = command_errors(capsys.readouterr().err)
+    assert status == 2 and f"{key}: {tmp_path / 'missing.tsv'}: no such file" in error
+    assert not storage.exists(str(tmp_path / "root" / "data"))  # prepare did not run

@@ -47,6 +47,11 @@ def test_overrides_name_their_section(tmp_path):
     ("pretrain:\n  max_step: 10\n", [], "pretrain: unknown key 'max_step' (did you mean 'max_steps'?)"),
     ("pipeline:\n  retrain: sometimes\n", [], "retrain must be continue or fresh"),
     ("pipeline:\n  root: {root}\n", ["finetune.epochs=many"], "epochs: expected an integer, got 'many'"),
+    ("pipeline:\n  root: {root}\n", ["pretrain.max_steps=abc"], "max_steps: expected an integer, got 'abc'"),
+    ("pipeline:\n  root: {root}\n", ["pretrain.global_batch_size=10"],
+     "global_batch_size (10) must be a multiple of micro_batch_size"),
+    ("pipeline:\n  root: {root}\n", ["prepare.seq_len=0"], "seq_len must be in 8..4096, got 0"),
+    ("pretrain:\n  preset: tiny\n   max_steps: 3\n", [], "line 3, column 13: not valid YAML"),
 ])
 def test_bad_pipeline_configs_are_one_line_errors_with_exit_2(tmp_path, capsys, text, overrides, expected):
     config = tmp_path / "pipeline.yaml"
@@ -54,5 +59,6 @@ def test_bad_pipeline_configs_are_one_line_errors_with_exit_2(tmp_path, capsys, 
     arguments = ["run", "--config", str(config)] + [f"--set={item}" for item in overrides]
     assert main(arguments) == 2
     (error,) = command_errors(capsys.readouterr().err)
-    assert str(config) in error and expected in error
+    origin = f"--set {overrides[0]}: " if overrides else f"{config}: "  # where the bad value came from
+    assert origin in error and expected in error
     assert not (tmp_path / "out").exists()  # refused before any work
