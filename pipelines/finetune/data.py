@@ -6,6 +6,7 @@ Rows are numbered from 1 for the first data row (the header, if any, is not coun
 
 from __future__ import annotations
 
+import codecs
 import io
 import math
 from dataclasses import dataclass, field
@@ -56,7 +57,14 @@ class Utf8Repair:
         return fixed
 
     def whole_file(self, data: bytes) -> bytes:
-        """A text file's bytes made valid UTF-8, line by line (only when the file as a whole is not)."""
+        """A text file's bytes made valid UTF-8, line by line (only when the file as a whole is not). A UTF-8
+        byte-order mark is dropped (pyarrow would make it part of the first column's name); UTF-16 and UTF-32
+        text is refused: its ASCII letters are valid UTF-8 with NUL bytes between them, so it would be read as
+        text, garbled."""
+        if data.startswith(codecs.BOM_UTF8):
+            data = data[len(codecs.BOM_UTF8):]
+        if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in data:
+            raise InputError(f"{self.uri}: holds NUL bytes (UTF-16 or UTF-32 text?); save it as UTF-8")
         try:
             data.decode("utf-8")
             return data

@@ -245,6 +245,21 @@ def test_invalid_utf8_is_replaced_counted_and_named_never_read_as_bytes(tmp_path
     assert name in warning and "2 invalid UTF-8 bytes" in warning and place in warning
 
 
+@pytest.mark.parametrize("encoding, outcome", [("utf-8-sig", "read"), ("utf-16", "refused"), ("utf-32", "refused")])
+def test_a_byte_order_mark_is_dropped_and_utf16_is_refused_not_garbled(tmp_path, encoding, outcome):
+    from pipelines.finetune.data import read_labeled
+
+    rows = sentiment_rows(10, 1)
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows),
+                                        encoding=encoding)
+    if outcome == "read":
+        data = read_labeled(str(tmp_path / "train.tsv"), None, None, None)
+        assert data.columns[0] == "sentence" and data.texts == [text for text, _ in rows] and not data.warnings
+    else:
+        with pytest.raises(InputError, match="train.tsv: holds NUL bytes .*save it as UTF-8"):
+            read_labeled(str(tmp_path / "train.tsv"), None, None, None)
+
+
 @pytest.mark.usefixtures("local_ray")
 def test_a_latin1_row_trains_with_a_warning_and_strict_refuses_it_with_exit_2(model_dir, tmp_path, capsys):
     write_with_latin1_row(tmp_path / "train.tsv", sentiment_rows(40, 1))
