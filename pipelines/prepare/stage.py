@@ -221,7 +221,8 @@ def tokenize_files(files: list[InputFile], config: PrepareConfig, tokenizer_sha:
         entry = {**asdict(file), "status": "read", "reason": None, "documents": 0, "tokens": 0,
                  "invalid_utf8": 0, "bad_records": 0, "bytes_read": 0, "prepared_in": run_id}
         entries.append(entry)
-        verdict = probe(file) if not read_whole(file, split_bytes) else None  # workers probe whole files
+        # A whole file is judged by the worker that reads it; a file cut into splits here, before any is read.
+        verdict = probe(file) if not read_whole(file, split_bytes) else None
         if verdict is not None:
             entry["status"], entry["reason"] = verdict
             continue
