@@ -496,9 +496,9 @@ def override_origins(overrides: list[str] | None, section: str | None = None) ->
     """{section: {key: "--set ITEM"}} for `--set` overrides (section.key=value, or key=value of `section`)."""
     origins: dict[str, dict[str, str]] = {}
     for item in overrides or []:
-        name = item.split("=", 1)[0]
-        where, key = (section, name) if section and "." not in name else name.split(".", 1)
-        origins.setdefault(where.strip(), {})[key.strip()] = f"--set {item}"
+        name = section or item.split("=", 1)[0].split(".", 1)[0].strip()
+        key, _ = parse_override(item, name)
+        origins.setdefault(name, {})[key] = f"--set {item}"
     return origins
 
 

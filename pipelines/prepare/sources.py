@@ -531,15 +531,15 @@ def read_sample(files: list[InputFile], documents: str, text_field: str, max_lin
     """Sentences from the start of each file, an equal share of budget_bytes per file, for tokenizer training."""
     share = max(1, budget_bytes // max(1, len(files)))
     for index, file in enumerate(files):
-        if probe(file) is not None:
-            continue
-        split = make_splits(index, file, split_bytes=1 << 62)[0]
         stats = ReadStats()
+        # No probe first: the read itself refuses a binary file (NotText) before it yields anything, as it does
+        # in the workers, so each file is opened once.
         try:
+            split = make_splits(index, file, split_bytes=1 << 62)[0]
             for sentence in read_split(split, documents, text_field, max_line_chars, stats):
                 if sentence is not DOCUMENT_BREAK:
                     yield sentence
                 if stats.bytes_read >= share:
                     break
-        except Exception:  # a corrupt file is reported by the main pass; the sample just stops there
+        except Exception:  # a binary or corrupt file is reported by the main pass; the sample just stops there
             continue

@@ -491,20 +491,27 @@ def test_a_long_run_reports_its_progress(tmp_path, monkeypatch, executor):
     assert load_committed_dataset(str(tmp_path / "out"))["counts"]["files_read"] == 31
 
 
-def test_a_run_killed_mid_write_leaves_no_manifest_and_the_next_run_completes(tmp_path):
+def prepare_until_its_first_shard(tmp_path, *flags, **popen):
+    """`electra prepare` of 4 large files started as a user starts it (a process group of its own), returned
+    once it has written a shard: (process, output)."""
     (tmp_path / "in").mkdir()
     for i in range(4):
         (tmp_path / "in" / f"part{i}.txt").write_text("\n".join(make_sentences(20000, seed=i)))
     output = tmp_path / "out"
     command = [sys.executable, "-m", "pipelines.cli", "prepare", "--input", str(tmp_path / "in"),
-               "--output", str(output), "--vocab-size", "300", "--workers", "1", "--set", "split_mb=0.2",
-               "--set", "shard_rows=200"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+               "--output", str(output), "--vocab-size", "300", "--set", "split_mb=0.2", "--set", "shard_rows=200",
+               *flags]
+    process = subprocess.Popen(command, start_new_session=True, **popen)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((output / "shards").glob("*.parquet")) and process.poll() is None:
+        time.sleep(0.1)
+    return process, output
+
+
+def test_a_run_killed_mid_write_leaves_no_manifest_and_the_next_run_completes(tmp_path):
+    process, output = prepare_until_its_first_shard(tmp_path, "--workers", "1", stdout=subprocess.DEVNULL,
+                                                    stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not list((output / "shards").glob("*.parquet")):
-            time.sleep(0.1)
         assert list((output / "shards").glob("*.parquet")), "the run wrote no shard in time"
         os.killpg(process.pid, 9)
         process.wait()
@@ -524,19 +531,10 @@ def test_a_run_killed_mid_write_leaves_no_manifest_and_the_next_run_completes(tm
 
 
 def test_ctrl_c_prints_one_line_exits_130_and_the_next_run_completes(tmp_path):
-    (tmp_path / "in").mkdir()
-    for i in range(4):
-        (tmp_path / "in" / f"part{i}.txt").write_text("\n".join(make_sentences(20000, seed=i)))
-    output = tmp_path / "out"
-    command = [sys.executable, "-m", "pipelines.cli", "prepare", "--input", str(tmp_path / "in"),
-               "--output", str(output), "--vocab-size", "300", "--set", "split_mb=0.2", "--set", "shard_rows=200"]
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               start_new_session=True)
+    process, output = prepare_until_its_first_shard(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                    text=True, env=env)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not list((output / "shards").glob("*.parquet")):
-            time.sleep(0.1)
         os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C does: the whole process group
         _, stderr = process.communicate(timeout=60)
     finally:
