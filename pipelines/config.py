@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -160,6 +161,10 @@ class PretrainConfig:
     """AdamW epsilon, as in ELECTRA."""
     grad_clip: float = 1.0
     """Global gradient-norm clipping."""
+    max_nonfinite_steps: int = 25
+    """A step whose loss or gradient norm is inf or NaN is skipped (no update) and counted (`skipped_steps` in
+    metrics.jsonl and the progress line); this many in a row (checked at each log line) stop the run with an
+    error, and nothing is exported from it."""
     checkpoint_every: int = 500
     """Steps between checkpoints (a last one is always taken at the end)."""
     keep_checkpoints: int = 3
@@ -196,7 +201,7 @@ class PretrainConfig:
         if self.gpus_per_worker == 0 and self.precision == "fp16":
             raise ValueError("precision fp16 needs GPUs (gpus_per_worker: 1); on CPU use bf16 or fp32")
         for name in ("workers", "cpus_per_worker", "global_batch_size", "micro_batch_size", "max_steps", "checkpoint_every",
-                     "keep_checkpoints", "log_every", "shuffle_window"):
+                     "keep_checkpoints", "log_every", "shuffle_window", "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         check_finite(self)
@@ -281,6 +286,9 @@ class FinetuneConfig:
     """Sequences per optimizer step across all workers."""
     max_seq_len: int = 128
     """Longer examples are truncated."""
+    max_nonfinite_steps: int = 25
+    """A step whose loss or gradient norm is inf or NaN is skipped (no update); this many in a row stop the
+    fine-tune with an error, and nothing is written or registered."""
     workers: int = 1
     """Ray Train workers (data parallel)."""
     cpus_per_worker: int = 1
@@ -309,7 +317,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.task_type not in ("classification", "regression"):
             raise ValueError(f"task_type must be classification or regression, got {self.task_type!r}")
-        for name in ("epochs", "batch_size", "max_seq_len", "workers", "cpus_per_worker", "trials"):
+        for name in ("epochs", "batch_size", "max_seq_len", "workers", "cpus_per_worker", "trials",
+                     "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_seq_len > MAX_SEQ_LEN:
@@ -375,12 +384,25 @@ class PipelineConfig:
 # ----------------------------------------------------------------------------------------------------------
 
 
+class YamlLoader(yaml.SafeLoader):
+    """yaml.safe_load, reading numbers as YAML 1.2 does: PyYAML follows YAML 1.1, where a float needs a dot, so
+    `lr: 5e-4` or `--set pretrain.lr=1e6` would be the strings '5e-4' and '1e6'."""
+
+
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                 re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=YamlLoader)
+
+
 def load_yaml(uri: str) -> dict[str, Any]:
     """A YAML mapping from a local path or storage URI."""
     from electra_core import storage
 
     try:
-        data = yaml.safe_load(storage.read_text(uri))
+        data = read_yaml(storage.read_text(uri))
     except FileNotFoundError:
         raise InputError(f"{uri}: config file not found") from None
     except yaml.YAMLError as error:
@@ -457,7 +479,7 @@ def parse_override(item: str, section: str) -> tuple[str, Any]:
     elif "." in key:
         raise InputError(f"--set {item!r}: this command reads section {section!r}, not {key.split('.')[0]!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = read_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value

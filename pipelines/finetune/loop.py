@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from electra_core import ElectraConfig, ElectraForSequenceClassification, save_tokenizer, storage
 from electra_core.modeling import takes_weight_decay
 from pipelines.config import FinetuneConfig, saved_dict
+from pipelines.divergence import Diverged, NonFiniteGuard, record_divergence
 from pipelines.finetune.metrics import classification_metrics, regression_metrics
 
 # Worker output goes through logging, as in pipelines.pretrain.loop.
@@ -175,7 +176,8 @@ def train_trial(model: torch.nn.Module, task: EncodedTask, config: FinetuneConfi
     """Fine-tunes `model` (possibly wrapped for data parallelism) for config.epochs and keeps its best epoch.
 
     Each rank trains on its share of every batch; rank 0 evaluates on the whole eval set. `on_epoch(record)`
-    is called on every rank after each epoch (Ray Train reports through it).
+    is called on every rank after each epoch (Ray Train reports through it). A step whose gradient norm is not
+    finite is skipped; config.max_nonfinite_steps of them in a row raise Diverged (on every rank at the same step).
     """
     started = time.perf_counter()
     torch.manual_seed(seed)  # dropout
@@ -187,12 +189,13 @@ def train_trial(model: torch.nn.Module, task: EncodedTask, config: FinetuneConfi
     total_steps = steps_per_epoch * config.epochs
     warmup = max(1, int(total_steps * config.warmup_fraction))
     inner = model.module if hasattr(model, "module") else model
+    guard = NonFiniteGuard(config.max_nonfinite_steps, device)
     best: dict = {"value": -math.inf}
     step = 0
     for epoch in range(config.epochs):
         epoch_started = time.perf_counter()
         order = np.random.default_rng([seed, epoch]).permutation(len(task.train))
-        losses = []
+        losses, skipped = [], 0
         for batch_start in range(0, steps_per_epoch * config.batch_size, config.batch_size):
             indices = order[batch_start: batch_start + config.batch_size][rank::world_size][:per_rank]
             if len(indices) == 0:
@@ -206,13 +209,17 @@ def train_trial(model: torch.nn.Module, task: EncodedTask, config: FinetuneConfi
             loss = F.mse_loss(logits.squeeze(-1), targets) if regression else F.cross_entropy(logits, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            guard.skip_if_nonfinite(optimizer, torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
             optimizer.step()
             losses.append(loss.detach())
             step += 1
+            if step % guard.limit == 0:
+                skipped += check_divergence(guard, step)
 
-        record = {"epoch": epoch + 1, "train_loss": float(torch.stack(losses).mean()),
-                  "seconds": time.perf_counter() - epoch_started}
+        skipped += check_divergence(guard, step)
+        losses = torch.stack(losses)
+        record = {"epoch": epoch + 1, "train_loss": float(losses[torch.isfinite(losses)].mean()),
+                  "skipped_steps": skipped, "seconds": time.perf_counter() - epoch_started}
         if rank == 0:
             logits = predict(inner, task.evaluation, task.pad_id, device)
             record.update(evaluate(logits, task.eval_labels, task.task_type, task.num_labels))
@@ -227,6 +234,14 @@ def train_trial(model: torch.nn.Module, task: EncodedTask, config: FinetuneConfi
     return TrialResult(start, seed, best["value"], best["record"]["epoch"],
                        {k: v for k, v in best["record"].items() if k != "seconds"},
                        time.perf_counter() - started, best["logits"], best["state"])
+
+
+def check_divergence(guard: NonFiniteGuard, step: int) -> int:
+    """Steps skipped since the last check; Diverged when the guard gives up (one host sync)."""
+    skipped, gave_up = guard.read()
+    if gave_up:
+        raise Diverged(step, guard.limit)
+    return skipped
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -289,9 +304,14 @@ def finetune_loop_per_worker(loop_config: dict) -> None:
             def report(record, start=start, seed=seed):
                 ray.train.report({**record, "trial": seed, "start": start})
 
-            result = train_trial(model, task, config, seed, start=start, num_layers=num_layers, rank=rank,
-                                 world_size=world_size, device=device, keep_state=start == PRETRAINED,
-                                 on_epoch=report)
+            try:
+                result = train_trial(model, task, config, seed, start=start, num_layers=num_layers, rank=rank,
+                                     world_size=world_size, device=device, keep_state=start == PRETRAINED,
+                                     on_epoch=report)
+            except Diverged as diverged:  # every rank stops at the same step; the driver reports it
+                if rank == 0:
+                    record_divergence(config.output, diverged, start=start, seed=seed)
+                return
             if rank == 0:
                 logger.info(f"trial {trial + 1}/{config.trials} (seed {seed}) from {start}: best epoch "
                             f"{result.best_epoch}, eval {task.metric} {result.value:.4f} in {result.seconds:.0f} s")

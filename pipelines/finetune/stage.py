@@ -12,6 +12,7 @@ import time
 
 from electra_core import storage
 from pipelines.config import FinetuneConfig, to_dict
+from pipelines.divergence import clear_divergence, raise_if_diverged
 from pipelines.errors import InputError, check_writable_directory
 from pipelines.finetune.data import LabelSpace, read_labeled
 from pipelines.finetune.metrics import DEFAULT_METRIC
@@ -81,7 +82,10 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
         # Ray Train's own records of the run go under the output (no checkpoints are reported).
         run_config=ray.train.RunConfig(name="_ray", storage_path=storage_path, storage_filesystem=filesystem),
     )
+    clear_divergence(config.output)
     fit(trainer)
+    raise_if_diverged(config.output, "finetune", f"Lower finetune.lr (now {config.lr:g}) or raise "
+                      "finetune.warmup_fraction")
     metrics = json.loads(storage.read_text(storage.join(config.output, "metrics.json")))
     metrics["seconds_total"] = time.perf_counter() - started
     storage.write_text(storage.join(config.output, "metrics.json"), json.dumps(metrics, indent=2) + "\n")

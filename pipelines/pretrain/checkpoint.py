@@ -41,6 +41,11 @@ def directory_name(step: int) -> str:
     return f"{DIRECTORY_PREFIX}{step:09d}"
 
 
+def step_of(uri: str) -> int:
+    """The step a checkpoint directory's name says it holds."""
+    return int(uri.rstrip("/").rsplit("/", 1)[-1][len(DIRECTORY_PREFIX):])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Gathering and restoring state through DeepSpeed
 # ----------------------------------------------------------------------------------------------------------

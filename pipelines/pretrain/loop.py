@@ -21,6 +21,7 @@ from electra_core import ElectraConfig, ElectraPretrainingModel, storage
 from electra_core.modeling import takes_weight_decay
 from electra_core.tokenizer import TOKENIZER_FILE, load_tokenizer, save_tokenizer
 from pipelines.config import PretrainConfig, saved_dict
+from pipelines.divergence import Diverged, NonFiniteGuard, record_divergence
 from pipelines.secrets import redact_text
 from pipelines.prepare.manifest import load_committed_dataset
 from pipelines.pretrain import checkpoint as checkpoints
@@ -162,8 +163,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     accumulation = config.gradient_accumulation_steps
     generator = torch.Generator(device=device)
     window = _Window()
+    guard = NonFiniteGuard(config.max_nonfinite_steps, device)
     preemption_saved = False
     grad_norm = None
+    diverged = None
 
     # --- training ----------------------------------------------------------------------------------------
     end_step = config.stop_at_step or config.max_steps
@@ -186,9 +189,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_autocast):
                 output = engine(**batch, rng=generator)
             engine.backward(output.loss)
-            if clip_here and micro == accumulation - 1:  # gradients complete (and averaged across ranks)
-                grad_norm = torch.nn.utils.clip_grad_norm_(engine.module.parameters(), config.grad_clip)
+            boundary = micro == accumulation - 1  # gradients complete (and averaged across ranks)
+            if clip_here and boundary:
+                grad_norm = gradient_norm(engine.module.parameters(), config.grad_clip)
+                guard.skip_if_nonfinite(engine.optimizer, grad_norm)
             engine.step()
+            if boundary and not clip_here:
+                guard.count_skipped(not engine.was_step_applied())
             window.add(output, batch["attention_mask"])
 
         done = step + 1
@@ -196,8 +203,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
             norm = grad_norm if clip_here else engine.get_global_grad_norm()  # before clipping, either way
             record = window.record(done, lr, None if norm is None else float(norm), world_size, flops_per_token, peak,
                                    (done - data_start) * config.global_batch_size / order.num_samples)
+            record["skipped_steps"], gave_up = guard.read()
             if metrics is not None:
                 metrics.log(record)
+            if on_every_rank_if_on_any(gave_up, world_size):
+                diverged = Diverged(done, guard.limit)
+                break
             preempted = on_every_rank_if_on_any(ray.train.get_preemption_info() is not None, world_size)
             if preempted and not preemption_saved and done % config.checkpoint_every:
                 log(f"preemption notice: saving a checkpoint at step {done} before the node goes")
@@ -210,7 +221,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
             window.started += blocked  # throughput figures count training only; the stall is logged apart
 
     # --- export ------------------------------------------------------------------------------------------
-    if end_step == config.max_steps:
+    if diverged is not None:
+        if metrics is not None:  # the records show where it went wrong: kept, and drawn
+            metrics.flush()
+            metrics.plot(storage.join(run_uri, "loss_curve.png"))
+        if rank == 0:
+            record_divergence(run_uri, diverged, lr=lr)
+        log(f"stopped at step {done}: {diverged}; nothing exported")
+    elif end_step == config.max_steps:
         export(engine, model_config, config, run_uri, rank, manifest, metrics, data_start)
     else:
         log(f"stopped at step {end_step} as asked; run the same command without stop_at_step to continue")
@@ -230,6 +248,14 @@ def data_segment_start(trainer_state: dict, step: int, manifest: dict, log) -> i
     log(f"the dataset changed since step {step} (fingerprint {trainer_state['dataset_fingerprint']} -> "
         f"{manifest['dataset_fingerprint']}): continuing from the checkpoint on the new data from its first sample")
     return step
+
+
+def gradient_norm(parameters, max_norm: float) -> torch.Tensor:
+    """The global gradient norm (before clipping), clipping to max_norm when it is positive: 0 means no
+    clipping, as in DeepSpeed's gradient_clipping (torch's clip to 0 would zero every gradient)."""
+    if max_norm > 0:
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    return torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
 
 
 def collective_device() -> str:
@@ -265,13 +291,18 @@ class _Window:
         self.sums: torch.Tensor | None = None
         self.tokens: torch.Tensor | int = 0
         self.micro_batches = 0
+        self.finite_micro_batches: torch.Tensor | int = 0
         self.samples = 0
         self.started = time.perf_counter()
 
     def add(self, output, attention_mask: torch.Tensor) -> None:
         # Summed on the device and read once per log line: no host sync in the training step.
+        # A micro-batch whose loss was inf or NaN (its step is skipped) is left out of the averages.
         self.names, values = output.statistics()
+        finite = torch.isfinite(values).all()
+        values = torch.where(finite, values, torch.zeros_like(values))
         self.sums = values if self.sums is None else self.sums + values
+        self.finite_micro_batches = self.finite_micro_batches + finite.long()
         self.tokens = self.tokens + attention_mask.sum()
         self.micro_batches += 1
         self.samples += attention_mask.shape[0]
@@ -286,7 +317,7 @@ class _Window:
         tokens, samples = totals.cpu().tolist()
         record = {
             "step": step,
-            **dict(zip(self.names, (self.sums / self.micro_batches).tolist())),
+            **dict(zip(self.names, (self.sums / self.finite_micro_batches).tolist())),
             "lr": lr,
             "grad_norm": grad_norm,
             "tokens_per_s": tokens / elapsed,
@@ -395,6 +426,7 @@ def export(engine, model_config: ElectraConfig, config: PretrainConfig, run_uri:
         "data_start_step": data_start,
         "final_metrics": final,
         "discriminator_against_prior": prior_check,
+        "skipped_steps": sum(r.get("skipped_steps", 0) for r in metrics.records) if metrics is not None else 0,
         "loss_curve": plot_uri,
         "metrics": storage.join(run_uri, "metrics.jsonl"),
     }

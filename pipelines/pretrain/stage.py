@@ -13,9 +13,10 @@ import time
 from electra_core import ElectraConfig, storage
 from electra_core.tokenizer import TOKENIZER_FILE, load_tokenizer, special_token_ids
 from pipelines.config import PretrainConfig, to_dict
+from pipelines.divergence import clear_divergence, raise_if_diverged
 from pipelines.errors import InputError, check_writable_directory
 from pipelines.prepare.manifest import verified_dataset
-from pipelines.pretrain.checkpoint import drop_stale_ray_snapshot, list_checkpoints
+from pipelines.pretrain.checkpoint import drop_stale_ray_snapshot, list_checkpoints, step_of
 
 
 def with_absolute_local_paths(config: PretrainConfig) -> PretrainConfig:
@@ -48,6 +49,15 @@ def resolve_model_config(config: PretrainConfig, manifest: dict) -> ElectraConfi
         raise InputError(f"--init-from: {error}") from None
     except (TypeError, ValueError) as error:
         raise InputError(f"pretrain.model: {error}") from None
+
+
+def after_divergence(uri: str) -> str:
+    """What running again does after a diverged run: the checkpoints hold only finite weights (a skipped step
+    changes nothing), so resuming with a lower learning rate is sound."""
+    newest = list_checkpoints(uri)
+    if not newest:
+        return "run the same command (it has no checkpoint and starts over)"
+    return f"run the same command to resume from step {step_of(newest[0])}, or a new --name to start over"
 
 
 def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) -> dict:
@@ -99,7 +109,10 @@ def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) 
         f"global batch {config.global_batch_size} = {config.micro_batch_size} x {config.workers} workers x "
         f"{config.gradient_accumulation_steps} accumulation, {config.max_steps} steps, ZeRO-{config.zero_stage}, "
         f"{config.resolved_precision} -> {uri}")
+    clear_divergence(uri)
     fit(trainer)
+    raise_if_diverged(uri, "pretrain", f"Lower pretrain.lr (peak {config.peak_lr:g}) or lengthen pretrain.warmup_steps, "
+                      f"then {after_divergence(uri)}")
     if config.stop_at_step is not None and config.stop_at_step < config.max_steps:
         log(f"electra pretrain: stopped at step {config.stop_at_step}; checkpoints in {uri}")
         return {"run": uri, "stopped_at": config.stop_at_step}
@@ -107,6 +120,9 @@ def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) 
     final = result.get("final_metrics", {})
     log(f"electra pretrain: done in {time.perf_counter() - started:.0f} s; loss {final.get('loss', float('nan')):.4f}; "
         f"export {result['export']}; loss curve {result['loss_curve']}")
+    if result.get("skipped_steps"):
+        log(f"warning: {result['skipped_steps']} steps were skipped for a non-finite loss or gradient norm (see "
+            f"skipped_steps in metrics.jsonl); the model took no update from them")
     check = result.get("discriminator_against_prior")
     if check is not None and check["at_prior"]:
         from pipelines.pretrain.metrics import prior_warning

@@ -420,3 +420,21 @@ def test_a_pretrained_start_has_its_grown_embeddings_rescaled_without_changing_w
     with torch.no_grad():
         torch.testing.assert_close(rescaled(input_ids).logits, as_saved(input_ids).logits, atol=1e-5, rtol=1e-4)
     assert FinetuneConfig(model="m", train="t", eval="e", output="o").rescale_embeddings  # on by default
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_diverging_fine_tune_exits_2_writes_no_model_and_a_sane_rerun_succeeds(model_dir, tmp_path, capsys):
+    train = write_tsv(tmp_path / "train.tsv", sentiment_rows(64, 1))
+    evaluation = write_tsv(tmp_path / "dev.tsv", sentiment_rows(20, 2))
+    output = tmp_path / "out"
+    arguments = ["finetune", "--model", model_dir, "--train", train, "--eval", evaluation, "--output", str(output),
+                 "--epochs", "1", "--batch-size", "4", "--baseline", "none", "--max-nonfinite-steps", "3"]
+    status = main(arguments + ["--lr", "1e6"])
+    (error,) = command_errors(capsys.readouterr().err)
+    assert status == 2 and "training diverged in the pretrained trial (seed 0)" in error
+    assert "Lower finetune.lr (now 1e+06)" in error
+    assert not (output / "config.json").exists() and not (output / "metrics.json").exists()
+
+    assert main(arguments) == 0  # the same output with a sane rate: trained, and the old record is gone
+    assert (output / "config.json").exists() and not (output / "diverged.json").exists()
+    assert json.loads((output / "metrics.json").read_text())["eval"]["skipped_steps"] == 0

@@ -23,6 +23,7 @@ import transformers
 
 from electra_core import storage
 from pipelines.config import PrepareConfig, PretrainConfig
+from pipelines.divergence import TrainingDiverged
 from pipelines.errors import InputError
 from pipelines.prepare import run_prepare
 from pipelines.pretrain import run_pretrain
@@ -263,3 +264,16 @@ def test_a_storage_path_that_is_a_file_exits_2_before_any_worker_starts(dataset,
                    "--preset", "tiny", "--max-steps", "2"])
     (error,) = command_errors(capsys.readouterr().err)
     assert status == 2 and "runs/r: the run's directory (--storage/--name) cannot be written" in error
+
+
+def test_a_diverging_run_on_two_zero_2_workers_stops_and_leaves_only_finite_checkpoints(dataset, tmp_path):
+    # Two workers run ZeRO-2, where DeepSpeed skips a step with a non-finite gradient norm itself (one worker
+    # runs stage 0 and the loop skips it: tests/pipelines/test_run.py).
+    with pytest.raises(TrainingDiverged, match=r"by step 6 .*resume from step 4"):
+        pretrain(dataset, tmp_path, "diverging", lr=1e6, warmup_steps=1, max_nonfinite_steps=4)
+    run = tmp_path / "diverging"
+    assert not (run / "result.json").exists() and not (run / "export").exists()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == [2, 4, 6] and sum(r["skipped_steps"] for r in records) == 5
+    assert [c.rsplit("/", 1)[-1] for c in checkpoints.list_checkpoints(str(run))] == ["checkpoint_000000004"]
+    assert all(torch.isfinite(p).all() for p in final_params(str(run)).values())

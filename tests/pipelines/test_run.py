@@ -108,3 +108,19 @@ def test_a_missing_input_of_a_later_stage_is_refused_before_the_first_stage(pipe
     (error,) = command_errors(capsys.readouterr().err)
     assert status == 2 and f"{key}: {tmp_path / 'missing.tsv'}: no such file" in error
     assert not storage.exists(str(tmp_path / "root" / "data"))  # prepare did not run
+
+
+def test_a_diverging_pretraining_stops_the_run_before_anything_is_fine_tuned_or_registered(
+        pipeline_file, tmp_path, capsys):
+    status = main(["run", "--config", str(pipeline_file), "--set", "pretrain.lr=1e6",
+                   "--set", "pretrain.max_nonfinite_steps=2"])
+    (error,) = command_errors(capsys.readouterr().err)
+    assert status == 2 and "training diverged" in error and "Lower pretrain.lr (peak 1e+06)" in error
+    root = tmp_path / "root"
+    run = root / "runs" / "scheduled"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert sum(r["skipped_steps"] for r in records) >= 2  # the skipped steps are on record
+    assert not (run / "export").exists() and not (run / "result.json").exists()
+    assert not (root / "finetune").exists() and not (root / "last_run.json").exists()
+    if (root / "mlflow" / "mlflow.db").exists():
+        assert not MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}").search_registered_models()

@@ -42,6 +42,16 @@ def test_overrides_name_their_section(tmp_path):
         pipeline_sections(str(config), ["max_steps=20"])
 
 
+def test_numbers_in_exponent_form_are_numbers_in_files_and_in_set(tmp_path):
+    # PyYAML reads YAML 1.1, where 5e-4 (no dot) is a string; users write learning rates this way.
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("pretrain:\n  lr: 5e-4\n  max_steps: 10\nfinetune:\n  lr: 3E-3\n")
+    sections = pipeline_sections(str(config), ["pretrain.weight_decay=1e-2"])
+    pretrain = from_dict(PretrainConfig, sections["pretrain"], str(config))
+    assert (pretrain.lr, pretrain.weight_decay) == (5e-4, 1e-2)
+    assert from_dict(FinetuneConfig, sections["finetune"], str(config)).lr == 3e-3
+
+
 @pytest.mark.parametrize("text, overrides, expected", [
     ("pretrian:\n  max_steps: 10\n", [], "unknown section 'pretrian' (did you mean 'pretrain'?)"),
     ("pretrain:\n  max_step: 10\n", [], "pretrain: unknown key 'max_step' (did you mean 'max_steps'?)"),
