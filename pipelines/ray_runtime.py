@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 
 from pipelines.environment import scoped_environment
 
@@ -18,6 +20,8 @@ logger = logging.getLogger(__name__)
 NO_IDLE_WORKERS = {"enable_worker_prestart": False, "prestart_worker_first_driver": False, "num_workers_soft_limit": 0}
 # Set while this process runs a local Ray it started without a dashboard (see ensure_ray).
 _local_without_dashboard = False
+# Set while this process runs a local Ray it started (with or without a dashboard).
+_started_local = False
 
 
 def ensure_ray(address: str | None = None, dashboard: bool = True) -> None:
@@ -28,7 +32,7 @@ def ensure_ray(address: str | None = None, dashboard: bool = True) -> None:
     so sooner and runs fewer background processes. A later stage that asks for the dashboard restarts such a
     local Ray with it.
     """
-    global _local_without_dashboard
+    global _local_without_dashboard, _started_local
     import ray
 
     # Ray's usage statistics go to Anyscale's servers; this pipeline runs offline, so they are off unless a user
@@ -44,7 +48,9 @@ def ensure_ray(address: str | None = None, dashboard: bool = True) -> None:
     if address:
         logger.info("joining the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
+        _started_local = False
         return
+    _started_local = True
     keep_local_ray_on_loopback()
     options = {"_node_ip_address": "127.0.0.1", "log_to_driver": True, "configure_logging": True,
                "logging_level": logging.WARNING}
@@ -74,18 +80,64 @@ def fit(trainer):
     stdout, also prints it: every print in a training worker (DeepSpeed's op loader, for one) reached the
     terminal twice. Train hands the variable from the driver to its controller and workers.
     """
-    with scoped_environment(RAY_TRAIN_ENABLE_PRINT_PATCH=os.environ.get("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")):
-        return trainer.fit()
+    previous = signal.getsignal(signal.SIGINT)
+    interrupted = note_sigint_under_ray_train(trainer)
+    try:
+        with scoped_environment(RAY_TRAIN_ENABLE_PRINT_PATCH=os.environ.get("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")):
+            result = trainer.fit()
+    except BaseException:
+        if interrupted.is_set():
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)  # not Ray Train's handler, whose controller is gone
+    if interrupted.is_set():
+        raise KeyboardInterrupt
+    return result
+
+
+def note_sigint_under_ray_train(trainer) -> threading.Event:
+    """An event set when Ctrl-C reaches the driver during trainer.fit().
+
+    Ray Train installs its own SIGINT handler in fit(): it asks the run's controller to abort, and fit() then
+    ends in a RayActorError, or in sys.exit(0) when the controller was already gone: a traceback or nothing, and
+    exit status 1 either way. Joined to a cluster, its handler is kept (the abort stops the run's workers there)
+    and wrapped, so that the stage ends in KeyboardInterrupt: one line and exit status 130. On a local Ray this
+    process started, a terminal's Ctrl-C reaches Ray's own processes too, and the abort waited ~9 s on a dying
+    controller while the worker trained on; there the handler raises KeyboardInterrupt at once, and the exit
+    shuts the local Ray and its workers down. The wrapped method is Ray Train's own (2.60); without it, Ray's
+    behaviour is left as it is.
+    """
+    interrupted = threading.Event()
+    register = getattr(trainer, "_register_sigint_handler", None)
+    if register is None:
+        return interrupted
+
+    def register_and_note(controller) -> None:
+        register(controller)
+        ray_handler = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            interrupted.set()
+            if _started_local or not callable(ray_handler):
+                raise KeyboardInterrupt
+            ray_handler(signum, frame)
+
+        signal.signal(signal.SIGINT, handler)
+
+    trainer._register_sigint_handler = register_and_note
+    return interrupted
 
 
 def release_ray() -> None:
     """Stops the local Ray this process started, or leaves the cluster it joined; nothing if neither."""
-    global _local_without_dashboard
+    global _local_without_dashboard, _started_local
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-    _local_without_dashboard = False
+    _local_without_dashboard = _started_local = False
 
 
 def free_loopback_port() -> int:

@@ -196,6 +196,23 @@ def list_checkpoints(run_uri: str) -> list[str]:
     return [storage.join(run_uri, name) for name in names]
 
 
+def prune_checkpoints(run_uri: str, keep: int) -> list[str]:
+    """Deletes all but the newest `keep` checkpoints; returns the deleted URIs.
+
+    Ray Train prunes the checkpoints it registered. An interrupted run leaves some it never did (its snapshot
+    lags the background uploads: 2 of 5 after a Ctrl-C here), and a resumed run kept those for good. A snapshot
+    that names a deleted checkpoint goes too: this pipeline resumes from its own listing, and Ray Train would
+    refuse to start from it (see drop_stale_ray_snapshot).
+    """
+    stale = list_checkpoints(run_uri)[keep:]
+    for uri in stale:
+        fs, path = storage.filesystem(uri)
+        fs.rm(path, recursive=True)
+    if stale:
+        drop_stale_ray_snapshot(run_uri, log=lambda _: None)
+    return stale
+
+
 def latest_good_checkpoint(run_uri: str, log=logger.warning) -> LoadedCheckpoint | None:
     """The newest checkpoint that verifies; newer ones that do not are reported and passed over."""
     for uri in list_checkpoints(run_uri):

@@ -16,7 +16,7 @@ from pipelines.config import PretrainConfig, to_dict
 from pipelines.divergence import clear_divergence, raise_if_diverged
 from pipelines.errors import InputError, check_writable_directory
 from pipelines.prepare.manifest import verified_dataset
-from pipelines.pretrain.checkpoint import drop_stale_ray_snapshot, list_checkpoints, step_of
+from pipelines.pretrain.checkpoint import drop_stale_ray_snapshot, list_checkpoints, prune_checkpoints, step_of
 
 
 def with_absolute_local_paths(config: PretrainConfig) -> PretrainConfig:
@@ -111,6 +111,7 @@ def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) 
         f"{config.resolved_precision} -> {uri}")
     clear_divergence(uri)
     fit(trainer)
+    prune_checkpoints(uri, config.keep_checkpoints)
     raise_if_diverged(uri, "pretrain", f"Lower pretrain.lr (peak {config.peak_lr:g}) or lengthen pretrain.warmup_steps, "
                       f"then {after_divergence(uri)}")
     if config.stop_at_step is not None and config.stop_at_step < config.max_steps:

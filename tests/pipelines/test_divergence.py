@@ -57,3 +57,15 @@ def test_the_driver_turns_a_workers_record_into_one_line_naming_the_setting(tmp_
     assert "\n" not in message and raised.value.exit_status == 2
     assert "in the scratch trial (seed 2)" in message and "25 steps in a row by step 40" in message
     assert "(finetune.max_nonfinite_steps)" in message and "Lower finetune.lr (now 1e+06)" in message
+
+
+def test_the_norm_the_guard_reads_clips_when_asked_and_grad_clip_0_leaves_gradients_alone():
+    from pipelines.pretrain.loop import gradient_norm
+
+    model, _ = model_and_optimizer()
+    for param in model.parameters():
+        param.grad = torch.full_like(param, 2.0)
+    assert float(gradient_norm(model.parameters(), 0.0)) == pytest.approx(2.0 * 10**0.5)  # 10 weights and biases
+    assert all(torch.equal(p.grad, torch.full_like(p, 2.0)) for p in model.parameters())  # torch's clip to 0 zeroes them
+    gradient_norm(model.parameters(), 1.0)
+    assert float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])) == pytest.approx(1.0, rel=1e-5)
