@@ -163,6 +163,26 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def check_workers_fit(workers: int, cpus_per_worker: int, gpus_per_worker: int, stage: str) -> None:
+    """On a local Ray this process started, a worker group larger than the machine is refused now: Ray Train
+    would wait for the resources forever ("Requesting resources" and nothing else). A cluster joined may grow
+    (an autoscaler), so there the wait is left to Ray."""
+    import ray
+
+    from pipelines.errors import InputError
+
+    if not _started_local:
+        return
+    have = ray.cluster_resources()
+    for resource, each in (("CPU", cpus_per_worker), ("GPU", gpus_per_worker)):
+        needed = workers * each
+        if needed > have.get(resource, 0):
+            raise InputError(
+                f"{stage}.workers {workers} x {stage}.{resource.lower()}s_per_worker {each} need {needed} "
+                f"{resource}{'s' if needed != 1 else ''}; this machine has {int(have.get(resource, 0))}. Use fewer workers, or join a cluster "
+                "with --address")
+
+
 def ray_storage(uri: str) -> tuple[str, object | None]:
     """(storage_path, pyarrow filesystem) for Ray Train: the same fsspec filesystem the rest of the code uses."""
     if "://" not in uri or uri.startswith("file://"):

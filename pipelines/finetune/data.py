@@ -90,8 +90,12 @@ def read_table(uri: str, repair: Utf8Repair | None = None) -> pa.Table:
         raise InputError(f"{uri}: no such file") from None
     if uri.lower().endswith(".gz"):
         import gzip
+        import zlib
 
-        data = gzip.decompress(data)
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as error:  # not gzip, or cut short
+            raise InputError(f"{uri}: not a readable gzip file ({error})") from None
     if not name.endswith((".parquet", ".pq")):
         # pyarrow would read a column holding one invalid byte as binary, every value of it then bytes.
         data = repair.whole_file(data)
@@ -155,6 +159,8 @@ def _decoded(values: list, column: str, repair: Utf8Repair) -> list:
 def _texts(uri: str, table: pa.Table, column: str, repair: Utf8Repair) -> list[str]:
     values = _decoded(table.column(column).to_pylist(), column, repair)
     for row, value in enumerate(values, start=1):
+        if isinstance(value, (dict, list)):  # JSON objects and arrays: str() would train on their repr
+            raise InputError(f"{uri}: row {row}: column {column!r} holds a JSON {type(value).__name__}, not text")
         if value is None or not str(value).strip():
             raise InputError(f"{uri}: row {row}: column {column!r} is empty")
     return [str(value) for value in values]
@@ -176,6 +182,10 @@ class LabelSpace:
                     raise InputError(f"{data.source}: row {row}: column {data.columns[2]!r} holds {value!r}, "
                                      "not a number (task_type regression)")
             return cls("regression", [], "float")
+        fractional = [v for v in data.labels if isinstance(v, float) and not v.is_integer()]
+        if fractional:  # STS-B style scores read as classes would make every distinct score a class
+            raise InputError(f"{data.source}: column {data.columns[2]!r} holds fractional numbers such as "
+                             f"{fractional[0]!r}, not class labels; for scores use --task-type regression")
         kind = "int" if all(isinstance(v, int) and not isinstance(v, bool) for v in data.labels) else "str"
         names = sorted({str(v) for v in data.labels}, key=lambda v: (int(v) if kind == "int" else 0, v))
         if len(names) < 2:

@@ -56,9 +56,10 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
         f"model {model_dir}")
 
     check_writable_directory(config.output, "--output")
-    from pipelines.ray_runtime import ensure_ray, fit, ray_storage
+    from pipelines.ray_runtime import check_workers_fit, ensure_ray, fit, ray_storage
 
     ensure_ray(address)
+    check_workers_fit(config.workers, config.cpus_per_worker, config.gpus_per_worker, "finetune")
     import ray.train
     from ray.train.torch import TorchTrainer
 

@@ -193,11 +193,22 @@ def probe(file: InputFile | Split) -> tuple[str, str | None] | None:
     if file.format == "parquet":
         return None if head.startswith(b"PAR1") else ("skipped", "binary file: not Parquet (no PAR1 magic)")
     if b"\x00" in head:
-        return "skipped", NUL_BYTES
+        return "skipped", not_text_reason(head)
     return None
 
 
 NUL_BYTES = "binary file: NUL bytes in the first 8 KiB"
+# Text in these encodings has NUL bytes too; its byte-order mark tells it from a binary file.
+WIDE_ENCODINGS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+                  (b"\xfe\xff", "UTF-16"))
+
+
+def not_text_reason(head: bytes) -> str:
+    """Why a file whose first bytes hold NUL is skipped: UTF-16/32 text (said so, with the fix) or binary."""
+    for mark, encoding in WIDE_ENCODINGS:
+        if head.startswith(mark):
+            return f"{encoding} text (byte-order mark), not UTF-8: convert it (iconv -f {encoding} -t UTF-8)"
+    return NUL_BYTES
 
 
 class NotText(ValueError):
@@ -465,7 +476,7 @@ def _bounded_line_batches(split: Split, max_bytes: int, stats: ReadStats) -> Ite
         while line_start < end:
             block = handle.read(READ_BLOCK)
             if line_start == 0 and not buffer and b"\x00" in block[:PROBE_BYTES]:
-                raise NotText(NUL_BYTES)  # what probe() says, found by the read itself: one open per file
+                raise NotText(not_text_reason(block))  # as probe() says, found by the read itself: one open per file
             buffer += block
             lines = buffer.split(b"\n")
             buffer = lines.pop()

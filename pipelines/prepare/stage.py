@@ -96,6 +96,8 @@ def run_prepare(config: PrepareConfig, address: str | None = None, log: Callable
     failed = [entry for entry in new_entries if entry["status"] == "failed"]
     for entry in failed:
         log(f"warning: {entry['uri']}: {entry['reason']}")
+    for line in read_warnings(new_entries):
+        log(line)
     if failed and config.strict:
         raise InputError(f"{failed[0]['uri']}: {failed[0]['reason']} (--strict; {len(failed)} files failed, "
                          "nothing committed)")
@@ -669,4 +671,28 @@ def remove_unlisted_shards(output: str, manifest: dict) -> None:
     stale = [p for p in fs.find(path) if p.rsplit("/", 1)[-1] not in listed]
     if stale:
         fs.rm(stale)
+
+
+def read_warnings(entries: list[dict]) -> list[str]:
+    """What the user is told about files read with replaced bytes or skipped (each is in the manifest too):
+    one line per text file in another encoding, one line for the rest of each kind."""
+    lines = []
+    replaced = [e for e in entries if e["invalid_utf8"]]
+    if replaced:
+        named = ", ".join(f"{e['uri']} ({e['invalid_utf8']:,})" for e in replaced[:3])
+        lines.append(f"warning: invalid UTF-8 bytes replaced with U+FFFD in {files(len(replaced))}: {named}"
+                     f"{', ...' if len(replaced) > 3 else ''}")
+    skipped = [e for e in entries if e["status"] == "skipped"]
+    wide = [e for e in skipped if "byte-order mark" in (e["reason"] or "")]
+    lines += [f"warning: {e['uri']}: skipped, {e['reason']}" for e in wide]
+    binary = [e for e in skipped if e not in wide]
+    if binary:
+        named = ", ".join(e["uri"].rsplit("/", 1)[-1] for e in binary[:3])
+        lines.append(f"note: {files(len(binary))} skipped as not text ({named}{', ...' if len(binary) > 3 else ''}); "
+                     "the manifest lists each with its reason")
+    return lines
+
+
+def files(count: int) -> str:
+    return f"{count:,} file" if count == 1 else f"{count:,} files"
 

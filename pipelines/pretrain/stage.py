@@ -79,9 +79,10 @@ def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) 
     if existing:
         log(f"electra pretrain: {uri} has {len(existing)} checkpoints; resuming from the newest good one")
 
-    from pipelines.ray_runtime import ensure_ray, fit, ray_storage
+    from pipelines.ray_runtime import check_workers_fit, ensure_ray, fit, ray_storage
 
     ensure_ray(address)
+    check_workers_fit(config.workers, config.cpus_per_worker, config.gpus_per_worker, "pretrain")
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 

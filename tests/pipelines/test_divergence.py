@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from pipelines.divergence import Diverged, NonFiniteGuard, TrainingDiverged, raise_if_diverged, record_divergence
+from pipelines.divergence import (Diverged, NonFiniteGuard, TrainingDiverged, clear_divergence, raise_if_diverged,
+                                  record_divergence)
 
 
 def model_and_optimizer():
@@ -57,6 +58,9 @@ def test_the_driver_turns_a_workers_record_into_one_line_naming_the_setting(tmp_
     assert "\n" not in message and raised.value.exit_status == 2
     assert "in the scratch trial (seed 2)" in message and "25 steps in a row by step 40" in message
     assert "(finetune.max_nonfinite_steps)" in message and "Lower finetune.lr (now 1e+06)" in message
+
+    clear_divergence(str(tmp_path))  # what the driver does before training the same output again
+    raise_if_diverged(str(tmp_path), "finetune", "")
 
 
 def test_the_norm_the_guard_reads_clips_when_asked_and_grad_clip_0_leaves_gradients_alone():

@@ -559,6 +559,7 @@ def test_every_kind_of_bad_file_is_accounted_for_and_the_rest_is_read(tmp_path, 
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me and more text here\n".encode("latin-1") * 3)
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)
+    (tmp_path / "utf16.txt").write_bytes("\n".join(make_sentences(20)).encode("utf-16"))  # Windows' "Unicode"
     truncated = gzip.compress(("\n".join(make_sentences(3000))).encode())
     (tmp_path / "truncated.txt.gz").write_bytes(truncated[: len(truncated) // 2])
 
@@ -571,10 +572,16 @@ def test_every_kind_of_bad_file_is_accounted_for_and_the_rest_is_read(tmp_path, 
     assert by_name["empty.txt"]["status"] == "empty"
     assert by_name["image.png"]["status"] == "skipped" and "binary" in by_name["image.png"]["reason"]
     assert by_name["truncated.txt.gz"]["status"] == "failed" and by_name["truncated.txt.gz"]["reason"]
+    assert by_name["utf16.txt"]["status"] == "skipped"
     assert "warning: " in logs and "truncated.txt.gz" in logs
+    # Each kind is said once, by name: the replaced bytes, a text file in another encoding, binary files.
+    assert f"warning: invalid UTF-8 bytes replaced with U+FFFD in 1 file: {tmp_path / 'latin1.txt'} (6)" in logs
+    assert (f"warning: {tmp_path / 'utf16.txt'}: skipped, UTF-16 text (byte-order mark), not UTF-8: convert it "
+            "(iconv -f UTF-16 -t UTF-8)") in logs
+    assert "note: 1 file skipped as not text (image.png); the manifest lists each with its reason" in logs
     # Nothing of the failed file is in the dataset.
     assert not [s for s in manifest["shards"] if by_name["truncated.txt.gz"]["uri"] in s["sources"]]
-    assert manifest["counts"]["files"] == 5 and manifest["counts"]["files_failed"] == 1
+    assert manifest["counts"]["files"] == 6 and manifest["counts"]["files_failed"] == 1
     tokenizer = electra_core.load_tokenizer(str(tmp_path / "out"))
     special = {tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")}
     read_text = good + ["caf\ufffd cr\ufffdme and more text here"] * 3

@@ -311,3 +311,21 @@ def test_ctrl_c_is_one_line_and_exit_130_and_the_resumed_run_keeps_only_keep_che
     assert "resuming from the newest good one" in logs
     assert [c.rsplit("/", 1)[-1] for c in checkpoints.list_checkpoints(str(run))] == [
         "checkpoint_000000040", "checkpoint_000000030"]
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--workers", "64"], "pretrain.workers 64 x pretrain.cpus_per_worker 1 need 64 CPUs; this machine has"),
+    (["--gpus-per-worker", "1"], "pretrain.workers 1 x pretrain.gpus_per_worker 1 need 1 GPU; this machine has 0"),
+])
+def test_more_workers_than_the_local_ray_holds_exit_2_instead_of_waiting_forever(
+        dataset, tmp_path, capsys, flags, expected):
+    from pipelines.cli import main
+    from tests.pipelines.conftest import command_errors
+
+    if "--gpus-per-worker" in flags and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    started = time.perf_counter()
+    status = main(["pretrain", "--data", dataset, "--storage", str(tmp_path), "--name", "big", "--preset", "tiny",
+                   "--max-steps", "2", "--global-batch-size", "64", "--micro-batch-size", "1", *flags])
+    (error,) = command_errors(capsys.readouterr().err)
+    assert status == 2 and expected in error and time.perf_counter() - started < 10
