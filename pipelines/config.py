@@ -79,7 +79,7 @@ class PrepareConfig:
             raise ValueError(f"seq_len must be in 8..{MAX_SEQ_LEN}, got {self.seq_len}")
         if not MIN_VOCAB_SIZE <= self.vocab_size <= MAX_VOCAB_SIZE:
             raise ValueError(f"vocab_size must be in {MIN_VOCAB_SIZE}..{MAX_VOCAB_SIZE:,}, got {self.vocab_size}")
-        check_finite(self)
+        check_numbers(self)
         if self.packing not in ("dense", "reference"):
             raise ValueError(f"packing must be 'dense' or 'reference', got {self.packing!r}")
         if self.executor not in ("auto", "ray", "local"):
@@ -105,12 +105,15 @@ MAX_SEQ_LEN = 4096
 MIN_VOCAB_SIZE, MAX_VOCAB_SIZE = 100, 1_000_000
 
 
-def check_finite(config) -> None:
-    """Every float setting of `config` is a number: NaN or infinity fail here, not in an optimizer later."""
+def check_numbers(config) -> None:
+    """Every float setting of `config` is a number: NaN or infinity fail here, not in an optimizer later. A seed
+    is 0 or more (numpy's generators refuse negative seeds: a fine-tune's workers failed on one after Ray started)."""
     for item in fields(config):
         value = getattr(config, item.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{item.name} must be a finite number, got {value}")
+    if getattr(config, "seed", 0) < 0:
+        raise ValueError(f"seed must be 0 or more, got {config.seed}")
 
 
 PRESET_LEARNING_RATES = {"tiny": 1e-3, "mini": 2e-3, "small": 5e-4, "base": 2e-4, "large": 2e-4}
@@ -204,9 +207,11 @@ class PretrainConfig:
                      "keep_checkpoints", "log_every", "shuffle_window", "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        check_finite(self)
+        check_numbers(self)
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be 0 or more, got {self.warmup_steps}")
         for name in ("weight_decay", "adam_epsilon", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
@@ -323,7 +328,7 @@ class FinetuneConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_seq_len > MAX_SEQ_LEN:
             raise ValueError(f"max_seq_len must be at most {MAX_SEQ_LEN}, got {self.max_seq_len}")
-        check_finite(self)
+        check_numbers(self)
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.weight_decay < 0:
