@@ -43,6 +43,10 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
     model_dir = resolve_model(config.model)
     if not storage.exists(storage.join(model_dir, "tokenizer.json")):
         raise InputError(f"{model_dir}: no tokenizer.json next to the model")
+    positions = json.loads(storage.read_text(storage.join(model_dir, "config.json"))).get("max_position_embeddings")
+    if positions is not None and config.max_seq_len > positions:  # a worker would fail on its first long example
+        raise InputError(f"--max-seq-len {config.max_seq_len} is longer than the model's {positions} positions "
+                         f"({model_dir}); use {positions} or less")
     train = read_labeled(config.train, config.text_column, config.text_pair_column, config.label_column,
                          strict=config.strict)
     evaluation = read_labeled(config.eval, train.columns[0], train.columns[1], train.columns[2], strict=config.strict)

@@ -41,14 +41,23 @@ def resolve_model_config(config: PretrainConfig, manifest: dict) -> ElectraConfi
                 raise InputError(f"{config.init_from}: vocab_size {model_config.vocab_size} does not match the "
                                  f"dataset's tokenizer ({vocabulary['vocab_size']}); prepare the data with that "
                                  "model's tokenizer (--tokenizer)")
-            return model_config.replace(objective=config.objective, **config.model)
-        positions = max(seq_len, ElectraConfig.from_preset(config.preset).max_position_embeddings)
-        return ElectraConfig.from_preset(config.preset, objective=config.objective, max_position_embeddings=positions,
-                                         **{**vocabulary, **config.model})
+            model_config = model_config.replace(objective=config.objective, **config.model)
+            shape = config.init_from
+        else:
+            positions = max(seq_len, ElectraConfig.from_preset(config.preset).max_position_embeddings)
+            model_config = ElectraConfig.from_preset(config.preset, objective=config.objective,
+                                                     **{"max_position_embeddings": positions, **vocabulary,
+                                                        **config.model})
+            shape = "pretrain.model" if "max_position_embeddings" in config.model else f"preset {config.preset}"
     except FileNotFoundError as error:
         raise InputError(f"--init-from: {error}") from None
     except (TypeError, ValueError) as error:
         raise InputError(f"pretrain.model: {error}") from None
+    if model_config.max_position_embeddings < seq_len:  # a worker would fail on its first batch, and be retried
+        raise InputError(f"{config.data}: sequences of {seq_len} tokens do not fit the model's "
+                         f"{model_config.max_position_embeddings} positions ({shape}); prepare the data with "
+                         f"--seq-len {model_config.max_position_embeddings} or less")
+    return model_config
 
 
 def after_divergence(uri: str) -> str:

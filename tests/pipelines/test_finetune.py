@@ -197,6 +197,8 @@ def test_layerwise_decay_is_the_references():
          "trials must be at least 1"),
         ("sentence\tlabel\ngood film\t1\nbad film\t0\n", "sentence\tlabel\nok\t1\n", ["--baseline", "imagenet"],
          "baseline must be one of scratch, none"),
+        ("sentence\tlabel\ngood film\t1\nbad film\t0\n", "sentence\tlabel\nok\t1\n", ["--max-seq-len", "256"],
+         "--max-seq-len 256 is longer than the model's 128 positions"),
     ],
 )
 def test_bad_data_is_a_one_line_error_naming_file_row_and_column_with_exit_2(

@@ -255,6 +255,17 @@ def test_a_damaged_dataset_exits_2_naming_what_is_damaged_before_any_worker_star
     assert time.perf_counter() - started < 10 and not (tmp_path / "runs" / "damaged").exists()
 
 
+def test_sequences_longer_than_the_models_positions_exit_2_before_any_worker_starts(dataset, tmp_path, capsys):
+    from pipelines.cli import main
+    from tests.pipelines.conftest import command_errors
+
+    status = main(["pretrain", "--data", dataset, "--storage", str(tmp_path), "--name", "short", "--preset", "tiny",
+                   "--max-steps", "2", "--set", "model={max_position_embeddings: 16}"])
+    (error,) = command_errors(capsys.readouterr().err)
+    assert status == 2 and "sequences of 32 tokens do not fit the model's 16 positions (pretrain.model)" in error
+    assert not (tmp_path / "short").exists()
+
+
 def test_a_storage_path_that_is_a_file_exits_2_before_any_worker_starts(dataset, tmp_path, capsys):
     from pipelines.cli import main
     from tests.pipelines.conftest import command_errors
