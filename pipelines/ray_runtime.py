@@ -179,8 +179,8 @@ def check_workers_fit(workers: int, cpus_per_worker: int, gpus_per_worker: int, 
         if needed > have.get(resource, 0):
             raise InputError(
                 f"{stage}.workers {workers} x {stage}.{resource.lower()}s_per_worker {each} need {needed} "
-                f"{resource}{'s' if needed != 1 else ''}; this machine has {int(have.get(resource, 0))}. Use fewer workers, or join a cluster "
-                "with --address")
+                f"{resource}{'s' if needed != 1 else ''}; this machine has {int(have.get(resource, 0))}. "
+                "Use fewer workers, or join a cluster with --address")
 
 
 def ray_storage(uri: str) -> tuple[str, object | None]:

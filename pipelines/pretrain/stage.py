@@ -122,8 +122,8 @@ def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) 
     clear_divergence(uri)
     fit(trainer)
     prune_checkpoints(uri, config.keep_checkpoints)
-    raise_if_diverged(uri, "pretrain", f"Lower pretrain.lr (peak {config.peak_lr:g}) or lengthen pretrain.warmup_steps, "
-                      f"then {after_divergence(uri)}")
+    raise_if_diverged(uri, "pretrain", f"Lower pretrain.lr (peak {config.peak_lr:g}) or lengthen "
+                      f"pretrain.warmup_steps, then {after_divergence(uri)}")
     if config.stop_at_step is not None and config.stop_at_step < config.max_steps:
         log(f"electra pretrain: stopped at step {config.stop_at_step}; checkpoints in {uri}")
         return {"run": uri, "stopped_at": config.stop_at_step}

@@ -49,6 +49,27 @@ def test_a_damaged_checkpoint_is_skipped_for_the_previous_good_one_with_a_warnin
     assert len(warnings) == 1 and checkpoints.directory_name(20) in warnings[0]
 
 
+def write_ray_snapshot(run, steps) -> None:
+    entries = [{"checkpoint_dir_name": checkpoints.directory_name(step)} for step in steps]
+    (run / checkpoints.RAY_SNAPSHOT).write_text(json.dumps({"checkpoint_results": entries}))
+
+
+@pytest.mark.parametrize("snapshot, kept", [((40, 50), True), ((10, 50), False)],
+                         ids=["snapshot-of-kept-ones", "snapshot-naming-a-pruned-one"])
+def test_pruning_keeps_the_newest_whoever_registered_them_and_never_strands_rays_snapshot(tmp_path, snapshot, kept):
+    # An interrupted run leaves checkpoints Ray Train never registered (its snapshot lags the uploads): they are
+    # pruned like the rest, and a snapshot naming a pruned one is dropped, so that Ray does not refuse the next run.
+    for step in (10, 20, 30, 40, 50):
+        write(tmp_path, step)
+    write_ray_snapshot(tmp_path, snapshot)
+    deleted = checkpoints.prune_checkpoints(str(tmp_path), keep=2)
+    assert [uri.rsplit("/", 1)[-1] for uri in deleted] == [checkpoints.directory_name(s) for s in (30, 20, 10)]
+    assert checkpoints.list_checkpoints(str(tmp_path)) == [str(tmp_path / checkpoints.directory_name(s))
+                                                           for s in (50, 40)]
+    assert (tmp_path / checkpoints.RAY_SNAPSHOT).exists() is kept
+    assert checkpoints.prune_checkpoints(str(tmp_path), keep=2) == []
+
+
 def test_no_checkpoints_means_a_fresh_start(tmp_path):
     assert checkpoints.latest_good_checkpoint(str(tmp_path / "new-run")) is None
 

@@ -97,7 +97,8 @@ def test_a_preset_that_does_not_exist_is_refused_with_exit_2(tmp_path, capsys):
     (["finetune", "--model", "m", "--train", "t", "--eval", "e", "--output", "o", "--seed", "-1"],
      "seed must be 0 or more, got -1"),
     (["pretrain", "--data", "d", "--name", "x", "--warmup-steps", "-5"], "warmup_steps must be 0 or more, got -5"),
-    (["pretrain", "--data", "d", "--name", "x", "--max-nonfinite-steps", "0"], "max_nonfinite_steps must be at least 1"),
+    (["pretrain", "--data", "d", "--name", "x", "--max-nonfinite-steps", "0"],
+     "max_nonfinite_steps must be at least 1"),
 ])
 def test_out_of_range_numbers_are_refused_before_any_work_with_exit_2(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)

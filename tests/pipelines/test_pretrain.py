@@ -290,20 +290,22 @@ def test_a_diverging_run_on_two_zero_2_workers_stops_and_leaves_only_finite_chec
     assert all(torch.isfinite(p).all() for p in final_params(str(run)).values())
 
 
-def test_ctrl_c_is_one_line_and_exit_130_and_the_resumed_run_keeps_only_keep_checkpoints(dataset, tmp_path):
+def test_ctrl_c_is_one_line_and_exit_130_and_leaves_only_complete_checkpoints(dataset, tmp_path):
     from tests.pipelines.conftest import command_errors
 
-    # As a user runs it in a terminal: its own local Ray, and Ctrl-C reaching the whole process group.
+    # As a user runs it in a terminal: its own local Ray, and Ctrl-C reaching the whole process group. (Resuming
+    # is the driver-killed test's; pruning what an interrupted run leaves, tests/pipelines/test_checkpoint.py.)
     command = [sys.executable, "-m", "pipelines.cli", "pretrain", "--data", dataset, "--storage", str(tmp_path),
                "--name", "interrupted", "--preset", "tiny", "--global-batch-size", "8", "--micro-batch-size", "8",
-               "--max-steps", "150", "--checkpoint-every", "10", "--keep-checkpoints", "2", "--log-every", "10"]
+               "--max-steps", "150", "--checkpoint-every", "10", "--log-every", "10"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     run = tmp_path / "interrupted"
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                               start_new_session=True)
     try:
         deadline = time.time() + 300
-        while time.time() < deadline and not checkpoints.list_checkpoints(str(run))[:1] == [str(run / "checkpoint_000000030")]:
+        newest = [str(run / "checkpoint_000000030")]
+        while time.time() < deadline and checkpoints.list_checkpoints(str(run))[:1] != newest:
             time.sleep(0.05)
         os.killpg(driver.pid, signal.SIGINT)
         _, stderr = driver.communicate(timeout=120)
@@ -312,16 +314,8 @@ def test_ctrl_c_is_one_line_and_exit_130_and_the_resumed_run_keeps_only_keep_che
             os.killpg(driver.pid, signal.SIGKILL)
     assert driver.returncode == 130 and "Traceback" not in stderr
     assert command_errors(stderr) == ["electra pretrain: interrupted; run the same command to continue"]
-    assert not (run / "result.json").exists()
-
-    # Resumed, in this process on the tests' Ray (a second Ray start costs ~10 s here), and cut short at step 40
-    # (the first run was made long so that it could not finish while its Ray shut down).
-    _, logs = pretrain(dataset, tmp_path, "interrupted", workers=1, global_batch_size=8, micro_batch_size=8,
-                       max_steps=40, checkpoint_every=10, keep_checkpoints=2, log_every=10, seed=0,
-                       record_sample_ids=False)
-    assert "resuming from the newest good one" in logs
-    assert [c.rsplit("/", 1)[-1] for c in checkpoints.list_checkpoints(str(run))] == [
-        "checkpoint_000000040", "checkpoint_000000030"]
+    assert not (run / "result.json").exists()  # it stopped (150 steps take longer than its Ray's shutdown)
+    assert checkpoints.latest_good_checkpoint(str(run)).step >= 30
 
 
 @pytest.mark.parametrize("flags, expected", [
