@@ -182,6 +182,9 @@ class PretrainConfig:
     """Steps between metric lines (metrics.jsonl, MLflow, progress)."""
     shuffle_window: int = 8
     """Shards whose rows are shuffled together; data order is a function of (seed, epoch)."""
+    prefetch: int = 4
+    """Micro-batches read and assembled ahead on a background thread (pinned memory on GPUs), so that reading a
+    shard overlaps the step; 0 reads on the training thread. It changes no batch's contents."""
     tracking_uri: str | None = None
     """MLflow tracking URI for live metrics; None: MLFLOW_TRACKING_URI if set, else no MLflow."""
     stop_at_step: int | None = None
@@ -212,6 +215,8 @@ class PretrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be 0 or more, got {self.warmup_steps}")
+        if self.prefetch < 0:
+            raise ValueError(f"prefetch must be 0 or more, got {self.prefetch}")
         for name in ("weight_decay", "adam_epsilon", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import queue
+import threading
+import time
 from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 
 from electra_core import storage
 
@@ -115,3 +120,74 @@ def _padded(column, seq_len: int, pad: int) -> np.ndarray:
     mask = np.arange(seq_len)[None, :] < lengths[:, None]
     out[mask] = values
     return out
+
+
+class BatchPrefetcher:
+    """The micro-batches of the coming steps, assembled on a background thread in the order the loop takes them.
+
+    Which samples a (step, micro-batch) holds is a pure function of the run position (`plan`), so reading ahead
+    changes nothing the step sees: a resumed run starts the prefetcher at its own step. Reading a shard (a
+    download on object storage, the sha256, the Parquet decode) then overlaps the model step instead of stalling
+    it. `depth` batches wait ready; on GPUs they are in pinned memory, so the copy to the device is asynchronous.
+    An error in the reader (a damaged shard) is raised by `get`, on the training thread.
+    """
+
+    def __init__(self, read: Callable[[int, int], dict[str, np.ndarray]], steps: range, accumulation: int,
+                 depth: int, pin_memory: bool = False):
+        self._read, self._steps, self._accumulation, self._pin = read, steps, accumulation, pin_memory
+        self._ready: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, name="batch-prefetcher", daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        try:
+            for step in self._steps:
+                for micro in range(self._accumulation):
+                    tensors = {k: torch.from_numpy(v) for k, v in self._read(step, micro).items()}
+                    if self._pin:
+                        tensors = {k: v.pin_memory() for k, v in tensors.items()}
+                    if not self._put((step, micro, tensors)):
+                        return
+        except BaseException as error:  # handed to the training thread
+            self._put((None, None, error))
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self, step: int, micro: int) -> tuple[dict[str, torch.Tensor], float]:
+        """(the tensors of this micro-batch, seconds the caller waited for them)."""
+        started = time.perf_counter()
+        got_step, got_micro, tensors = self._ready.get()
+        waited = time.perf_counter() - started
+        if isinstance(tensors, BaseException):
+            raise tensors
+        if (got_step, got_micro) != (step, micro):
+            raise RuntimeError(f"prefetcher out of step: asked for {(step, micro)}, had {(got_step, got_micro)}")
+        return tensors, waited
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class DirectBatches:
+    """The same interface read on the training thread (prefetch 0): what the wait costs without a prefetcher."""
+
+    def __init__(self, read: Callable[[int, int], dict[str, np.ndarray]]):
+        self._read = read
+
+    def get(self, step: int, micro: int) -> tuple[dict[str, torch.Tensor], float]:
+        started = time.perf_counter()
+        tensors = {k: torch.from_numpy(v) for k, v in self._read(step, micro).items()}
+        return tensors, time.perf_counter() - started
+
+    def close(self) -> None:
+        pass
+

@@ -25,7 +25,7 @@ from pipelines.divergence import Diverged, NonFiniteGuard, record_divergence
 from pipelines.secrets import redact_text
 from pipelines.prepare.manifest import load_committed_dataset
 from pipelines.pretrain import checkpoint as checkpoints
-from pipelines.pretrain.data import SampleOrder, ShardReader
+from pipelines.pretrain.data import BatchPrefetcher, DirectBatches, SampleOrder, ShardReader
 from pipelines.pretrain.metrics import (MetricsLog, discriminator_against_prior, peak_flops, prior_loss,
                                        training_flops_per_token)
 
@@ -120,7 +120,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # --- data: the committed dataset and its deterministic order ----------------------------------------
     manifest = load_committed_dataset(config.data)
     order = SampleOrder([s["rows"] for s in manifest["shards"]], config.seed, config.shuffle_window)
-    reader = ShardReader(config.data, manifest["shards"], manifest["seq_len"], model_config.pad_token_id)
+    # A shuffle window reads its shards interleaved, and read-ahead may reach into the next window: two windows.
+    reader = ShardReader(config.data, manifest["shards"], manifest["seq_len"], model_config.pad_token_id,
+                         cache_shards=2 * config.shuffle_window)
 
     # --- model: resume from the newest good checkpoint, else init_from, else fresh ----------------------
     resumed = checkpoints.latest_good_checkpoint(run_uri, log=log)
@@ -170,19 +172,28 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     # --- training ----------------------------------------------------------------------------------------
     end_step = config.stop_at_step or config.max_steps
+
+    def position(step: int) -> int:
+        return (step - data_start) * config.global_batch_size  # samples of this dataset consumed before `step`
+
+    def read_micro_batch(step: int, micro: int) -> dict[str, np.ndarray]:
+        start = position(step) + (micro * world_size + rank) * config.micro_batch_size  # this rank's slice
+        return reader.batch(order, order.sample_ids(start, config.micro_batch_size))
+
+    batches = BatchPrefetcher(read_micro_batch, range(start_step, end_step), accumulation, config.prefetch,
+                              pin_memory=device.type == "cuda") if config.prefetch else DirectBatches(read_micro_batch)
     for step in range(start_step, end_step):
         logging_step = (step + 1) % config.log_every == 0 or step + 1 == end_step
         lr = learning_rate(config, step, data_start)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
-        position = (step - data_start) * config.global_batch_size  # samples of this dataset consumed so far
         if config.record_sample_ids and rank == 0:
-            sample_log.add(step, order.sample_ids(position, config.global_batch_size))
+            sample_log.add(step, order.sample_ids(position(step), config.global_batch_size))
         for micro in range(accumulation):
             index = micro * world_size + rank  # this micro-batch's place in the global batch
-            start = position + index * config.micro_batch_size
-            batch = reader.batch(order, order.sample_ids(start, config.micro_batch_size))
-            batch = {key: torch.from_numpy(value).to(device, non_blocking=True) for key, value in batch.items()}
+            batch, waited = batches.get(step, micro)
+            window.data_wait += waited
+            batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
             seed = derived_seed(config.seed, step, index)
             torch.manual_seed(seed)  # dropout
             generator.manual_seed(seed ^ 0x5DEECE66D)  # masking and sampling
@@ -219,6 +230,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             blocked = save_checkpoint(engine, config, loop_config, done, data_start, world_size, manifest, metrics,
                                       sample_log, window.last_record)
             window.started += blocked  # throughput figures count training only; the stall is logged apart
+
+    batches.close()
 
     # --- export ------------------------------------------------------------------------------------------
     if diverged is not None:
@@ -293,6 +306,7 @@ class _Window:
         self.micro_batches = 0
         self.finite_micro_batches: torch.Tensor | int = 0
         self.samples = 0
+        self.data_wait = 0.0  # seconds the training thread waited for its batches
         self.started = time.perf_counter()
 
     def add(self, output, attention_mask: torch.Tensor) -> None:
@@ -323,6 +337,7 @@ class _Window:
             "tokens_per_s": tokens / elapsed,
             "samples_per_s": samples / elapsed,
             "epoch": epoch,
+            "data_wait_s": self.data_wait,
         }
         if "replaced_fraction" in record:
             record["discriminator_prior_loss"] = prior_loss(record["replaced_fraction"])

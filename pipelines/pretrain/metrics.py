@@ -158,6 +158,8 @@ def progress_line(r: dict) -> str:
     parts.append(f"{r['tokens_per_s']:,.0f} tok/s  {r['samples_per_s']:,.1f} samples/s")
     if r.get("mfu") is not None:
         parts.append(f"MFU {r['mfu']:.1%}")
+    if r.get("data_wait_s") is not None:
+        parts.append(f"data wait {r['data_wait_s']:.2f} s")
     if r.get("skipped_steps"):
         parts.append(f"skipped {r['skipped_steps']} (non-finite)")
     return "  ".join(parts)

@@ -1,0 +1,57 @@
+"""Pretraining batches read ahead on a background thread: the same batches in the same order, the wait measured,
+and a damaged shard still an error on the training thread."""
+
+import time
+
+import numpy as np
+import pytest
+
+from pipelines.pretrain.data import BatchPrefetcher, DirectBatches
+
+
+def planned(step: int, micro: int) -> dict[str, np.ndarray]:
+    """A stand-in for ShardReader.batch over the run's plan: its contents say which (step, micro) it is."""
+    return {"input_ids": np.full((2, 4), step * 10 + micro, dtype=np.int64)}
+
+
+def slow(step: int, micro: int) -> dict[str, np.ndarray]:
+    time.sleep(0.05)  # a shard read from object storage
+    return planned(step, micro)
+
+
+@pytest.mark.parametrize("make", [lambda read: BatchPrefetcher(read, range(3, 7), 2, depth=3),
+                                  lambda read: DirectBatches(read)], ids=["prefetched", "direct"])
+def test_the_loop_gets_exactly_the_planned_batches_from_a_resumed_step(make):
+    batches = make(planned)
+    for step in range(3, 7):
+        for micro in range(2):
+            tensors, waited = batches.get(step, micro)
+            assert tensors["input_ids"].tolist() == planned(step, micro)["input_ids"].tolist() and waited >= 0
+    batches.close()
+
+
+def test_reading_ahead_hides_a_slow_read_behind_the_step_and_the_wait_says_so():
+    def waits(batches) -> float:
+        total = 0.0
+        for step in range(10):
+            time.sleep(0.06)  # the model step, longer than a read
+            total += batches.get(step, 0)[1]
+        batches.close()
+        return total
+
+    direct = waits(DirectBatches(slow))
+    prefetched = waits(BatchPrefetcher(slow, range(10), 1, depth=2))
+    assert direct >= 10 * 0.05 and prefetched < direct / 3
+
+
+def test_a_reader_error_is_raised_on_the_training_thread():
+    def damaged(step: int, micro: int):
+        if step == 2:
+            raise ValueError("shards/part-00002.parquet: checksum does not match the manifest; the dataset is damaged")
+        return planned(step, micro)
+
+    batches = BatchPrefetcher(damaged, range(5), 1, depth=4)
+    batches.get(0, 0), batches.get(1, 0)
+    with pytest.raises(ValueError, match="part-00002.parquet: checksum"):
+        batches.get(2, 0)
+    batches.close()
