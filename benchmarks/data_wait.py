@@ -9,7 +9,7 @@ preset at sequence length 128 by default, a batch sized to take about 100 ms her
 as pipelines.pretrain.loop does, through DirectBatches (prefetch 0) or BatchPrefetcher. Printed: the share of
 the wall time spent waiting for data, and samples/s, for both.
 
-    python benchmarks/data_wait.py [--steps 200] [--batch 48] [--latency-ms 50] [--prefetch 4] [--shard-rows 64]
+    python benchmarks/data_wait.py [--steps 200] [--batch 16] [--latency-ms 50] [--prefetch 4] [--shard-rows 64]
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ def s3_dataset(work: Path, shard_rows: int, seq_len: int) -> str:
     from pipelines.demo_data import write_demo_data
     from pipelines.prepare import run_prepare
 
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -102,7 +105,7 @@ def run(uri: str, steps: int, batch: int, prefetch: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch", type=int, default=48)
+    parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--prefetch", type=int, default=4)

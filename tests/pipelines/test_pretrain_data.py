@@ -55,3 +55,37 @@ def test_a_reader_error_is_raised_on_the_training_thread():
     with pytest.raises(ValueError, match="part-00002.parquet: checksum"):
         batches.get(2, 0)
     batches.close()
+
+
+def test_a_batch_across_many_shards_reads_them_together_and_a_small_cache_still_serves_it(tmp_path):
+    import io
+
+    import pyarrow.parquet as pq
+
+    from electra_core import storage
+    from pipelines.config import PrepareConfig
+    from pipelines.prepare import run_prepare
+    from pipelines.prepare.manifest import load_committed_dataset
+    from pipelines.pretrain.data import SampleOrder, ShardReader
+    from tests.pipelines.conftest import make_sentences
+
+    (tmp_path / "corpus.txt").write_text("\n".join(make_sentences(800)))
+    output = str(tmp_path / "prepared")
+    run_prepare(PrepareConfig(inputs=[str(tmp_path / "corpus.txt")], output=output, seq_len=32, vocab_size=300,
+                              shard_rows=16, executor="local"), log=lambda _: None)
+    manifest = load_committed_dataset(output)
+    order = SampleOrder([s["rows"] for s in manifest["shards"]], seed=0, shuffle_window=8)
+    reader = ShardReader(output, manifest["shards"], 32, pad_token_id=0, cache_shards=2)
+    ids = order.sample_ids(0, 64)  # the first window: rows of 8 shards
+    shards, rows = order.locate(ids)
+    assert len(set(shards.tolist())) > 2  # more shards than the cache holds
+
+    batch = reader.batch(order, ids)
+    for i, (shard, row) in enumerate(zip(shards, rows)):
+        table = pq.read_table(io.BytesIO(storage.read_bytes(f"{output}/{manifest['shards'][shard]['path']}")))
+        expected = table.column("input_ids")[int(row)].as_py()
+        assert batch["input_ids"][i, : len(expected)].tolist() == expected
+        assert batch["attention_mask"][i].sum() == len(expected)
+    assert len(reader._cache) == len(set(shards.tolist()))  # all kept while the batch needed them
+    reader.batch(order, order.sample_ids(64, 4))
+    assert len(reader._cache) <= max(2, len(set(order.locate(order.sample_ids(64, 4))[0].tolist())))
