@@ -145,6 +145,10 @@ def _padded(column, seq_len: int, pad: int) -> np.ndarray:
     return out
 
 
+def as_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {key: torch.from_numpy(value) for key, value in batch.items()}
+
+
 class BatchPrefetcher:
     """The micro-batches of the coming steps, assembled on a background thread in the order the loop takes them.
 
@@ -167,7 +171,7 @@ class BatchPrefetcher:
         try:
             for step in self._steps:
                 for micro in range(self._accumulation):
-                    tensors = {k: torch.from_numpy(v) for k, v in self._read(step, micro).items()}
+                    tensors = as_tensors(self._read(step, micro))
                     if self._pin:
                         tensors = {k: v.pin_memory() for k, v in tensors.items()}
                     if not self._put((step, micro, tensors)):
@@ -208,8 +212,7 @@ class DirectBatches:
 
     def get(self, step: int, micro: int) -> tuple[dict[str, torch.Tensor], float]:
         started = time.perf_counter()
-        tensors = {k: torch.from_numpy(v) for k, v in self._read(step, micro).items()}
-        return tensors, time.perf_counter() - started
+        return as_tensors(self._read(step, micro)), time.perf_counter() - started
 
     def close(self) -> None:
         pass
