@@ -114,6 +114,11 @@ class ElectraSelfAttention(nn.Module):
         self.dropout = Dropout(config.attention_probs_dropout_prob)
         self.scale = self.head_dim**-0.5
 
+    def parameters_read_outside_their_modules(self) -> tuple[nn.Parameter, ...]:
+        """query, key and value are read here for the fused matmul; their own forward never runs (a sharded
+        trainer that gathers parameters per module, such as ZeRO-3, must gather these for this module)."""
+        return tuple(p for linear in (self.query, self.key, self.value) for p in (linear.weight, linear.bias))
+
     def forward(self, hidden_states: torch.Tensor, attention_bias: torch.Tensor | None) -> torch.Tensor:
         batch, seq_len, width = hidden_states.shape
         # One matmul for q, k and v: the separate Linear modules stay for Hugging Face state-dict names.
@@ -192,12 +197,15 @@ class ElectraEncoder(nn.Module):
         return hidden_states
 
 
-def attention_bias_from_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+def attention_bias_from_mask(attention_mask: torch.Tensor | None, padded: bool | None = None) -> torch.Tensor | None:
     """(batch, seq) 1/0 mask -> boolean (batch, 1, 1, seq) for SDPA; None when nothing is padded.
 
-    Packed pretraining batches rarely pad, and SDPA without a mask can use its fastest kernel.
+    Packed pretraining batches rarely pad, and SDPA without a mask can use its fastest kernel. `padded` is that
+    decision made by the caller on the host; None reads it from the mask, which syncs with the device.
     """
-    if attention_mask is None or bool(attention_mask.all()):
+    if padded is None:
+        padded = attention_mask is not None and not bool(attention_mask.all())
+    if attention_mask is None or not padded:
         return None
     return attention_mask.bool()[:, None, None, :]
 
@@ -258,12 +266,14 @@ class ElectraModel(ElectraPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         word_embeddings: torch.Tensor | None = None,
+        padded: bool | None = None,
     ) -> torch.Tensor:
-        """Returns the last layer's hidden states, (batch, seq, hidden_size)."""
+        """Returns the last layer's hidden states, (batch, seq, hidden_size). padded: whether attention_mask has
+        any 0, when the caller knows it without asking the device (see attention_bias_from_mask)."""
         hidden_states = self.embeddings(input_ids, token_type_ids, word_embeddings)
         if hasattr(self, "embeddings_project"):
             hidden_states = self.embeddings_project(hidden_states)
-        return self.encoder(hidden_states, attention_bias_from_mask(attention_mask))
+        return self.encoder(hidden_states, attention_bias_from_mask(attention_mask, padded))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -481,11 +491,25 @@ class ElectraPretrainingModel(nn.Module):
             self.discriminator.electra.embeddings = self.generator.electra.embeddings
         self.generator.tie_weights()
 
+    def parameters_read_outside_their_modules(self) -> tuple[nn.Parameter, ...]:
+        """Disentangled sharing reads the shared token table here (see ElectraSelfAttention's)."""
+        if self.config.embedding_sharing != "disentangled":
+            return ()
+        return (self.generator.electra.embeddings.word_embeddings.weight,)
+
     def discriminator_word_embeddings(self) -> torch.Tensor | None:
         """The discriminator's token-embedding table when it is not simply the shared module's."""
         if self.config.embedding_sharing != "disentangled":
             return None
         return self.generator.electra.embeddings.word_embeddings.weight.detach() + self.embedding_residual
+
+    def max_predictions(self, seq_len: int) -> int:
+        return self.config.max_predictions_per_seq or masking.max_predictions_per_seq(seq_len, self.config.mask_prob)
+
+    def masking_noise(self, input_ids: torch.Tensor, rng: torch.Generator | None = None) -> masking.MaskingNoise:
+        """The batch's masking and sampling draws: the training step draws them eagerly and passes them in."""
+        return masking.MaskingNoise.draw(input_ids.shape[0], self.max_predictions(input_ids.shape[1]),
+                                         input_ids.device, rng)
 
     def forward(
         self,
@@ -494,20 +518,27 @@ class ElectraPretrainingModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         rng: torch.Generator | None = None,
+        noise: masking.MaskingNoise | None = None,
+        padded: bool | None = None,
     ) -> PretrainingOutput:
+        """noise: the masking draws (else drawn here from `rng`). padded: whether any attention_mask entry is 0,
+        known on the host where the batch was assembled; None reads it from the mask (a device sync).
+
+        Given both, the step has fixed shapes and no host round trip, and compiles as one graph
+        (torch.compile(fullgraph=True); tests/core/test_compile.py)."""
         config = self.config
         if attention_mask is None:
             attention_mask = (input_ids != config.pad_token_id).long()
-        max_predictions = config.max_predictions_per_seq or masking.max_predictions_per_seq(
-            input_ids.shape[1], config.mask_prob)
+        if noise is None:
+            noise = self.masking_noise(input_ids, rng)
         slots = masking.select_slots(input_ids, attention_mask, config.special_token_ids, config.mask_prob,
-                                     max_predictions, generator=rng)
+                                     noise.positions.shape[1], draws=noise.positions)
         generator_input = masking.corrupt_slots(input_ids, slots, config.mask_token_id, config.mask_token_share,
-                                                generator=rng)
+                                                draws=noise.corruption)
 
         # Generator: vocabulary logits only at the prediction slots, a weighted mean over the used ones.
         targets = input_ids.gather(1, slots.positions)
-        hidden = self.generator.electra(generator_input, attention_mask, token_type_ids)
+        hidden = self.generator.electra(generator_input, attention_mask, token_type_ids, padded=padded)
         slot_hidden = hidden.gather(1, slots.positions[..., None].expand(-1, -1, hidden.shape[-1]))
         logits = self.generator.vocabulary_logits(slot_hidden)
         masked_tokens = slots.weights.sum()
@@ -522,11 +553,11 @@ class ElectraPretrainingModel(nn.Module):
         # Discriminator: each selected position gets a token sampled from the generator (no gradient flows
         # through the sample); a sample equal to the original counts as original.
         with torch.no_grad():
-            sampled = masking.sample_tokens(logits.detach(), config.sampling_temperature, generator=rng)
+            sampled = masking.sample_tokens(logits.detach(), config.sampling_temperature, draws=noise.sampling)
             discriminator_input = slots.write(input_ids, sampled)
             is_replaced = (discriminator_input != input_ids).float()
         disc_logits = self.discriminator.discriminator_predictions(self.discriminator.electra(
-            discriminator_input, attention_mask, token_type_ids, self.discriminator_word_embeddings()))
+            discriminator_input, attention_mask, token_type_ids, self.discriminator_word_embeddings(), padded=padded))
         # Weighted over non-pad tokens: full tensors, no boolean indexing.
         active = attention_mask.float()
         active_count = active.sum().clamp(min=1.0)

@@ -145,8 +145,9 @@ class PretrainConfig:
     """DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3; a single worker always runs stage 0."""
     precision: str = "auto"
     """fp32, bf16 or fp16 (GPUs only). auto: bf16 on GPUs, and on CPUs whose instruction set has bf16 matrix
-    arithmetic (avx512_bf16 or amx_bf16 in /proc/cpuinfo on the driver), else fp32. On CPU, bf16 is autocast:
-    weights, optimizer and gradients stay fp32, matrix products run in bf16."""
+    arithmetic (avx512_bf16 or amx_bf16 in /proc/cpuinfo on the driver), else fp32. bf16 and fp16 are
+    DeepSpeed's mixed precision on GPUs and CPU workers alike: the model computes in bf16, the optimizer keeps
+    fp32 master weights and moments, gradients are accumulated and reduced in fp32."""
     global_batch_size: int = 128
     """Sequences per optimizer step across all workers; the same for any number of workers."""
     micro_batch_size: int = 32
@@ -185,6 +186,10 @@ class PretrainConfig:
     prefetch: int = 4
     """Micro-batches read and assembled ahead on a background thread (pinned memory on GPUs), so that reading a
     shard overlaps the step; 0 reads on the training thread. It changes no batch's contents."""
+    compile: bool = False
+    """torch.compile the model (DeepSpeed's engine.compile, inductor): the step is one graph with fixed shapes and
+    no host sync. The first steps wait for compilation (minutes on a few CPU cores); whether it pays is
+    measured per device in benchmarks/model_step.py."""
     tracking_uri: str | None = None
     """MLflow tracking URI for live metrics; None: MLFLOW_TRACKING_URI if set, else no MLflow."""
     stop_at_step: int | None = None

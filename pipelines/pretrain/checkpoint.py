@@ -66,11 +66,14 @@ def _link_optimizer_states(engine, create: bool) -> None:
     """
     base = _base_optimizer(engine)
     if create:
-        for group in base.param_groups:
-            for flat in group["params"]:
-                if flat not in base.state or "exp_avg" not in base.state[flat]:
-                    base.state[flat] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(flat),
-                                        "exp_avg_sq": torch.zeros_like(flat)}
+        # ZeRO-3 hands its fp32 partitions to the torch optimizer one sub-group at a time, inside its step;
+        # between steps the optimizer's param_groups are empty and the partitions are only in its own list.
+        flats = [flat for group in base.param_groups for flat in group["params"]]
+        flats += getattr(engine.optimizer, "fp32_partitioned_groups_flat", [])
+        for flat in flats:
+            if flat not in base.state or "exp_avg" not in base.state[flat]:
+                base.state[flat] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(flat),
+                                    "exp_avg_sq": torch.zeros_like(flat)}
     if hasattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state"):
         engine.optimizer._hp_optimizer_states_linked = False
         engine.optimizer._lazy_init_hp_params_optimizer_state()
@@ -106,23 +109,44 @@ def restore_optimizer_state(engine, params: dict[str, torch.Tensor], moments: di
                             optimizer_step: int) -> None:
     """After deepspeed.initialize: fp32 masters, Adam moments and step count, into whatever partitioning
     this run uses."""
-    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+    from deepspeed.utils import (safe_set_full_fp32_param, safe_set_full_optimizer_state, safe_set_local_fp32_param,
+                                 safe_set_local_optimizer_state)
 
     base = _base_optimizer(engine)
     _link_optimizer_states(engine, create=True)
     for name, param in engine.module.named_parameters():
-        if hasattr(param, "_hp_mapping") or hasattr(param, "ds_id"):
-            device = param.device
-            safe_set_full_fp32_param(param, params[name].to(device))
-            for key in ("exp_avg", "exp_avg_sq"):
-                safe_set_full_optimizer_state(param, moments[f"{key}/{name}"].to(device), key)
+        states = {key: moments[f"{key}/{name}"] for key in ("exp_avg", "exp_avg_sq")}
+        if hasattr(param, "ds_tensor"):  # ZeRO-3: this rank's partition of each
+            safe_set_local_fp32_param(param, _zero3_partition(param, params[name]))
+            for key, value in states.items():
+                safe_set_local_optimizer_state(param, _zero3_partition(param, value), key)
+        elif hasattr(param, "_hp_mapping"):  # ZeRO-1/2 and the bf16 optimizer
+            safe_set_full_fp32_param(param, params[name].to(param.device))
+            for key, value in states.items():
+                safe_set_full_optimizer_state(param, value.to(param.device), key)
         else:  # stage 0 in fp32: torch's own per-parameter state
             base.state[param] = {"step": torch.tensor(float(optimizer_step)),
-                                 "exp_avg": moments[f"exp_avg/{name}"].to(param.device).clone(),
-                                 "exp_avg_sq": moments[f"exp_avg_sq/{name}"].to(param.device).clone()}
+                                 **{key: value.to(param.device).clone() for key, value in states.items()}}
     for state in base.state.values():
         if "step" in state:
             state["step"] = torch.tensor(float(optimizer_step), dtype=torch.float32)
+
+
+def _zero3_partition(param, full: torch.Tensor) -> torch.Tensor:
+    """This rank's slice of a full tensor as ZeRO-3 partitions `param`: equal slices of the flattened tensor,
+    the last one zero-padded. (DeepSpeed 0.19.8's safe_set_full_fp32_param misses the padding: it fails on any
+    tensor whose size the world size does not divide, such as a bias of 37 on 2 ranks.)"""
+    import torch.distributed as dist
+
+    # Data parallelism only: the partition group is the whole world unless DeepSpeed says otherwise.
+    rank = getattr(param, "ds_zero_partition_rank", None)
+    ranks = getattr(param, "ds_zero_partition_world_size", None)
+    rank, ranks = (dist.get_rank(), dist.get_world_size()) if rank is None or ranks is None else (rank, ranks)
+    size = param.ds_tensor.numel()
+    flat = full.flatten().to(param.ds_tensor.device, torch.float32)
+    padded = torch.zeros(size * ranks, dtype=flat.dtype, device=flat.device)
+    padded[: flat.numel()] = flat
+    return padded[rank * size: (rank + 1) * size].clone()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ from pipelines.secrets import redact_text
 from pipelines.prepare.manifest import load_committed_dataset
 from pipelines.pretrain import checkpoint as checkpoints
 from pipelines.pretrain.data import BatchPrefetcher, DirectBatches, SampleOrder, ShardReader
+from pipelines.pretrain.parallelism import (clips_in_loop, deepspeed_config, effective_zero_stage,
+                                           register_parameters_read_outside_their_modules,
+                                           skip_shared_memory_all_reduce_build)
 from pipelines.pretrain.metrics import (MetricsLog, discriminator_against_prior, peak_flops, prior_loss,
                                        training_flops_per_token)
 
@@ -59,49 +62,6 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     for name, param in model.named_parameters():
         (decay if takes_weight_decay(name) else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def effective_zero_stage(config: PretrainConfig, world_size: int) -> int:
-    # ZeRO shards state across data-parallel ranks; on one rank it has nothing to shard and only adds copies
-    # (measured: 0.80 of a plain loop's speed at stage 2 against 0.95 at stage 0 on one CPU worker).
-    return config.zero_stage if world_size > 1 else 0
-
-
-def clips_in_loop(config: PretrainConfig, world_size: int) -> bool:
-    """Plain fp32 data parallelism (stage 0): the loop clips with torch's fused clip_grad_norm_, which also
-    gives the gradient norm; DeepSpeed's own clipping there reads every parameter's norm to the host one at a
-    time and reports no norm. ZeRO and mixed precision keep DeepSpeed's clipping (gradients are partitioned
-    or kept in its own buffers)."""
-    return effective_zero_stage(config, world_size) == 0 and deepspeed_precision(config) == "fp32"
-
-
-def deepspeed_precision(config: PretrainConfig) -> str:
-    """DeepSpeed's own mixed precision on GPUs; on CPU, bf16 is torch's autocast around an fp32 engine."""
-    return config.resolved_precision if config.gpus_per_worker else "fp32"
-
-
-def deepspeed_config(config: PretrainConfig, world_size: int) -> dict:
-    precision = deepspeed_precision(config)
-    return {
-        "train_micro_batch_size_per_gpu": config.micro_batch_size,
-        "gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "gradient_clipping": 0.0 if clips_in_loop(config, world_size) else config.grad_clip,
-        "zero_optimization": {"stage": effective_zero_stage(config, world_size)},
-        "bf16": {"enabled": precision == "bf16"},
-        "fp16": {"enabled": precision == "fp16"},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-
-
-def skip_shared_memory_all_reduce_build() -> None:
-    """DeepSpeed's CPU backend compiles a shared-memory all-reduce op (deepspeed_shm_comm) at its first init:
-    about 3 minutes on 2 cores, again in every new environment (the build is keyed by the install path, so a
-    fresh clone's venv rebuilds it). A single rank has nothing to all-reduce; marked incompatible, the op is
-    not built and DeepSpeed's communication falls back to torch.distributed (gloo)."""
-    import deepspeed.ops
-
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -140,13 +100,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                   betas=(0.9, 0.999), eps=config.adam_epsilon, fused=True)
     if world_size == 1 and device.type == "cpu":
         skip_shared_memory_all_reduce_build()
+    if effective_zero_stage(config, world_size) == 3:
+        register_parameters_read_outside_their_modules(model)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            config=deepspeed_config(config, world_size))
+    if config.compile:
+        engine.compile(compile_kwargs={"dynamic": False})  # the step's shapes are fixed: one graph, no guards on them
     if world_size == 1:
         # One rank has nothing to average: skip DeepSpeed's flatten, all-reduce and copy-back of every gradient.
         engine.enable_backward_allreduce = False
     clip_here = clips_in_loop(config, world_size)
-    cpu_autocast = not config.gpus_per_worker and config.resolved_precision == "bf16"
     start_step, data_start = 0, 0
     if resumed is not None:
         checkpoints.restore_optimizer_state(engine, resumed.params, resumed.moments,
@@ -193,12 +156,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
             index = micro * world_size + rank  # this micro-batch's place in the global batch
             batch, waited = batches.get(step, micro)
             window.data_wait += waited
+            padded = bool(batch["attention_mask"].min() == 0)  # decided on the host copy: no device sync
             batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
             seed = derived_seed(config.seed, step, index)
             torch.manual_seed(seed)  # dropout
-            generator.manual_seed(seed ^ 0x5DEECE66D)  # masking and sampling
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_autocast):
-                output = engine(**batch, rng=generator)
+            generator.manual_seed(seed ^ 0x5DEECE66D)  # masking and sampling, drawn outside the (compiled) model
+            noise = engine.module.masking_noise(batch["input_ids"], generator)
+            output = engine(**batch, noise=noise, padded=padded)
             engine.backward(output.loss)
             boundary = micro == accumulation - 1  # gradients complete (and averaged across ranks)
             if clip_here and boundary:

@@ -16,6 +16,7 @@ from pipelines.config import PretrainConfig, to_dict
 from pipelines.divergence import clear_divergence, raise_if_diverged
 from pipelines.errors import InputError, check_writable_directory
 from pipelines.prepare.manifest import verified_dataset
+from pipelines.pretrain.parallelism import effective_zero_stage
 from pipelines.pretrain.checkpoint import drop_stale_ray_snapshot, list_checkpoints, prune_checkpoints, step_of
 
 
@@ -117,8 +118,9 @@ def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) 
     )
     log(f"electra pretrain: {config.preset} ({config.objective}) on {config.workers} workers, "
         f"global batch {config.global_batch_size} = {config.micro_batch_size} x {config.workers} workers x "
-        f"{config.gradient_accumulation_steps} accumulation, {config.max_steps} steps, ZeRO-{config.zero_stage}, "
-        f"{config.resolved_precision} -> {uri}")
+        f"{config.gradient_accumulation_steps} accumulation, {config.max_steps} steps, "
+        f"ZeRO-{effective_zero_stage(config, config.workers)}, {config.resolved_precision}"
+        f"{', compiled' if config.compile else ''} -> {uri}")
     clear_divergence(uri)
     fit(trainer)
     prune_checkpoints(uri, config.keep_checkpoints)
