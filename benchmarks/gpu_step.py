@@ -1,7 +1,9 @@
 """ELECTRA pretraining steps on one GPU: samples/s, tokens/s and MFU (needs only torch + electra_core).
 
-Mixed precision as the pipeline trains on GPUs: bf16 autocast over fp32 weights, fused AdamW, gradient
-clipping, SDPA (flash) attention; packed sequences without padding, as `electra prepare` writes them.
+The model is called as the pipeline's loop calls it: masking draws made before the model, the padding decision
+from the host, so that the compiled step is one graph (fullgraph=True). Mixed precision here is bf16 autocast
+over fp32 weights with fused AdamW and gradient clipping (the GPU machine has no DeepSpeed, whose bf16 mode the
+pipeline uses); SDPA (flash) attention; packed sequences without padding, as `electra prepare` writes them.
 
     PYTHONPATH=. python benchmarks/gpu_step.py [--preset base] [--batch 256] [--seq-len 128] [--compile]
 """
@@ -36,7 +38,7 @@ def main() -> None:
     model = ElectraPretrainingModel(config).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
                                   fused=True)
-    forward = torch.compile(model) if args.compile else model
+    forward = torch.compile(model, fullgraph=True, dynamic=False) if args.compile else model
     input_ids = torch.randint(5, config.vocab_size, (args.batch, args.seq_len), device=device)
     input_ids[:, 0], input_ids[:, -1] = config.cls_token_id, config.sep_token_id
     attention_mask = torch.ones_like(input_ids)
@@ -47,7 +49,7 @@ def main() -> None:
     def step() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                           rng=rng).loss
+                           noise=model.masking_noise(input_ids, rng), padded=False).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -79,16 +79,25 @@ def _link_optimizer_states(engine, create: bool) -> None:
         engine.optimizer._lazy_init_hp_params_optimizer_state()
 
 
-def gather_full_state(engine) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
-    """(fp32 parameters, Adam moments, optimizer step) in full on every rank. A collective: all ranks call it."""
-    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+def gather_full_params(engine) -> dict[str, torch.Tensor]:
+    """fp32 parameters in full on every rank (the master copy under mixed precision). A collective."""
+    from deepspeed.utils import safe_get_full_fp32_param
 
-    base = _base_optimizer(engine)
-    _link_optimizer_states(engine, create=False)
-    params, moments = {}, {}
+    params = {}
     for name, param in engine.module.named_parameters():
         full = safe_get_full_fp32_param(param)
         params[name] = (param.detach() if full is None else full).float().cpu().clone()
+    return params
+
+
+def gather_full_state(engine) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
+    """(fp32 parameters, Adam moments, optimizer step) in full on every rank. A collective: all ranks call it."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    base = _base_optimizer(engine)
+    _link_optimizer_states(engine, create=False)
+    params, moments = gather_full_params(engine), {}
+    for name, param in engine.module.named_parameters():
         for key in ("exp_avg", "exp_avg_sq"):
             value = safe_get_full_optimizer_state(param, key)
             if value is None:  # stage 0 in fp32: the torch optimizer holds per-parameter state

@@ -12,6 +12,7 @@ import json
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,6 +36,34 @@ from pipelines.pretrain.metrics import (MetricsLog, discriminator_against_prior,
 # What a worker tells the user goes through logging: Ray Train sends a worker's log records to the terminal and to
 # its worker log files. (A print came out twice under Train's print patch; see pipelines.ray_runtime.fit.)
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerRun:
+    """What one worker's run is: its configs, place in the group and in the data, and its logs. Checkpointing
+    and export take this instead of a long argument list."""
+
+    config: PretrainConfig
+    loop_config: dict
+    model_config: ElectraConfig
+    run_uri: str
+    rank: int
+    world_size: int
+    manifest: dict
+    data_start: int = 0
+    """The step at which the run began reading the current dataset (see data_segment_start)."""
+    metrics: MetricsLog | None = None
+    """Rank 0's metrics log; None on the other ranks."""
+    sample_log: "_SampleLog | None" = None
+
+    def trainer_state(self, step: int, optimizer_step: int) -> dict:
+        return {
+            "step": step, "data_start_step": self.data_start,
+            "samples_consumed": (step - self.data_start) * self.config.global_batch_size,
+            "optimizer_step": optimizer_step, "world_size": self.world_size,
+            "pretrain_config": saved_dict(self.loop_config["pretrain"]), "model_config": self.loop_config["model"],
+            "dataset_fingerprint": self.manifest["dataset_fingerprint"],
+        }
 
 
 def derived_seed(*parts) -> int:
@@ -123,6 +152,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     metrics = MetricsLog(run_uri, config.name, start_step, config.tracking_uri, saved_dict(loop_config["pretrain"])) \
         if rank == 0 else None
     sample_log = _SampleLog(run_uri, start_step, config.record_sample_ids and rank == 0)
+    run = WorkerRun(config, loop_config, model_config, run_uri, rank, world_size, manifest, data_start, metrics,
+                    sample_log)
     flops_per_token = training_flops_per_token(model_config, manifest["seq_len"])
     peak = peak_flops()
     accumulation = config.gradient_accumulation_steps
@@ -187,12 +218,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             preempted = on_every_rank_if_on_any(ray.train.get_preemption_info() is not None, world_size)
             if preempted and not preemption_saved and done % config.checkpoint_every:
                 log(f"preemption notice: saving a checkpoint at step {done} before the node goes")
-                window.started += save_checkpoint(engine, config, loop_config, done, data_start, world_size,
-                                                  manifest, metrics, sample_log, record)
+                window.started += save_checkpoint(engine, run, done, record)
                 preemption_saved = True
         if done % config.checkpoint_every == 0 or done == end_step:
-            blocked = save_checkpoint(engine, config, loop_config, done, data_start, world_size, manifest, metrics,
-                                      sample_log, window.last_record)
+            blocked = save_checkpoint(engine, run, done, window.last_record)
             window.started += blocked  # throughput figures count training only; the stall is logged apart
 
     batches.close()
@@ -206,7 +235,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             record_divergence(run_uri, diverged, lr=lr)
         log(f"stopped at step {done}: {diverged}; nothing exported")
     elif end_step == config.max_steps:
-        export(engine, model_config, config, run_uri, rank, manifest, metrics, data_start)
+        export(engine, run)
     else:
         log(f"stopped at step {end_step} as asked; run the same command without stop_at_step to continue")
     if metrics is not None:
@@ -334,29 +363,21 @@ class _SampleLog:
             storage.write_text(self.uri, "\n".join(self.lines) + "\n")
 
 
-def save_checkpoint(engine, config: PretrainConfig, loop_config: dict, step: int, data_start: int, world_size: int,
-                    manifest: dict, metrics: MetricsLog | None, sample_log: _SampleLog, record: dict) -> float:
+def save_checkpoint(engine, run: WorkerRun, step: int, record: dict) -> float:
     """Gathers the full state (all ranks), rank 0 writes it locally and hands it to Ray Train, which uploads
     it in the background. Returns the seconds training was blocked."""
     import ray.train
 
     started = time.perf_counter()
     params, moments, optimizer_step = checkpoints.gather_full_state(engine)
-    rank = ray.train.get_context().get_world_rank()
     checkpoint = None
-    if rank == 0:
+    if run.rank == 0:
         directory = tempfile.mkdtemp(prefix="electra-checkpoint-")
-        trainer_state = {
-            "step": step, "data_start_step": data_start,
-            "samples_consumed": (step - data_start) * config.global_batch_size, "optimizer_step": optimizer_step,
-            "world_size": world_size, "pretrain_config": saved_dict(loop_config["pretrain"]), "model_config": loop_config["model"],
-            "dataset_fingerprint": manifest["dataset_fingerprint"],
-        }
-        checkpoints.write_checkpoint(directory, params, moments, trainer_state)
+        checkpoints.write_checkpoint(directory, params, moments, run.trainer_state(step, optimizer_step))
         checkpoint = ray.train.Checkpoint.from_directory(directory)
-        if metrics is not None:
-            metrics.flush()
-        sample_log.flush()
+        if run.metrics is not None:
+            run.metrics.flush()
+        run.sample_log.flush()
     del params, moments
     blocked = time.perf_counter() - started
     ray.train.report(
@@ -367,20 +388,20 @@ def save_checkpoint(engine, config: PretrainConfig, loop_config: dict, step: int
         delete_local_checkpoint_after_upload=True,
     )
     blocked = time.perf_counter() - started
-    if rank == 0:
+    if run.rank == 0:
         logger.info(f"checkpoint at step {step}: training blocked {blocked:.2f} s (upload continues in the background)")
-        if metrics is not None:
-            metrics.note(step, checkpoint_blocked_s=blocked)
+        if run.metrics is not None:
+            run.metrics.note(step, checkpoint_blocked_s=blocked)
     return blocked
 
 
-def export(engine, model_config: ElectraConfig, config: PretrainConfig, run_uri: str, rank: int,
-           manifest: dict, metrics: MetricsLog | None, data_start: int) -> None:
+def export(engine, run: WorkerRun) -> None:
     """Hugging Face directories (discriminator/ and generator/ with tokenizer files) and result.json."""
-    params, _, _ = checkpoints.gather_full_state(engine)
-    if rank != 0:
+    params = checkpoints.gather_full_params(engine)  # weights only: the moments are not exported
+    if run.rank != 0:
         return
-    model = ElectraPretrainingModel(model_config, engine.module.generator.config)
+    config, manifest, metrics, run_uri = run.config, run.manifest, run.metrics, run.run_uri
+    model = ElectraPretrainingModel(run.model_config, engine.module.generator.config)
     checkpoints.load_module_weights(model, params)
     export_uri = storage.join(run_uri, "export")
     model.save_pretrained(export_uri)
@@ -402,7 +423,7 @@ def export(engine, model_config: ElectraConfig, config: PretrainConfig, run_uri:
         "objective": config.objective,
         "dataset": redact_text(config.data),
         "dataset_fingerprint": manifest["dataset_fingerprint"],
-        "data_start_step": data_start,
+        "data_start_step": run.data_start,
         "final_metrics": final,
         "discriminator_against_prior": prior_check,
         "skipped_steps": sum(r.get("skipped_steps", 0) for r in metrics.records) if metrics is not None else 0,

@@ -64,3 +64,10 @@ def test_zero3_is_told_about_the_fused_attention_weights():
     registered = {id(p) for p in attention._external_params.values()}
     assert registered == {id(p) for linear in (attention.query, attention.key, attention.value)
                           for p in linear.parameters()}
+
+
+def test_gradient_reduction_overlaps_the_backward_pass_on_gpus_only():
+    gpu = deepspeed_config(config(precision="bf16", gpus_per_worker=1, workers=2, zero_stage=2), 2)
+    assert gpu["zero_optimization"]["overlap_comm"] is True
+    cpu = deepspeed_config(config(precision="bf16", workers=2, zero_stage=2), 2)
+    assert "overlap_comm" not in cpu["zero_optimization"]
