@@ -137,6 +137,10 @@ class PretrainConfig:
     """ElectraConfig fields that override the preset (e.g. {num_hidden_layers: 6})."""
     workers: int = 1
     """Ray Train workers (data-parallel ranks)."""
+    launcher: str = "ray"
+    """ray: Ray Train workers on a local Ray or a cluster (restarts, background uploads, preemption notices).
+    local: no Ray; this process trains, or each process of `torchrun --nproc-per-node N -m pipelines.cli pretrain
+    --launcher local --workers N ...` is one rank (for a GPU machine without Ray, debugging, benchmarks)."""
     gpus_per_worker: int = 0
     """0 trains on CPU over gloo in fp32; 1 trains on one GPU per worker over NCCL."""
     cpus_per_worker: int = 1
@@ -203,6 +207,8 @@ class PretrainConfig:
             raise ValueError(f"preset must be one of {sorted(PRESET_LEARNING_RATES)}, got {self.preset!r}")
         if self.objective not in ("electra", "mlm"):
             raise ValueError(f"objective must be electra or mlm, got {self.objective!r}")
+        if self.launcher not in ("ray", "local"):
+            raise ValueError(f"launcher must be ray or local, got {self.launcher!r}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

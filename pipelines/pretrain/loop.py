@@ -1,4 +1,5 @@
-"""The training loop that runs on every Ray Train worker: DeepSpeed around ElectraPretrainingModel.
+"""The training loop that runs on every Ray Train worker (or in plain processes, pretrain.launcher: local):
+DeepSpeed around ElectraPretrainingModel.
 
 Reads like a plain loop: set up -> restore -> for each step (micro-batches, optimizer step) -> log,
 checkpoint, react to preemption notices -> export. Everything random is derived from (seed, step,
@@ -26,6 +27,7 @@ from pipelines.divergence import Diverged, NonFiniteGuard, record_divergence
 from pipelines.secrets import redact_text
 from pipelines.prepare.manifest import load_committed_dataset
 from pipelines.pretrain import checkpoint as checkpoints
+from pipelines.pretrain.sessions import ProcessSession, RayTrainSession
 from pipelines.pretrain.data import BatchPrefetcher, DirectBatches, SampleOrder, ShardReader
 from pipelines.pretrain.parallelism import (clips_in_loop, deepspeed_config, effective_zero_stage,
                                            register_parameters_read_outside_their_modules,
@@ -50,6 +52,8 @@ class WorkerRun:
     rank: int
     world_size: int
     manifest: dict
+    session: object
+    """RayTrainSession or ProcessSession: commits checkpoints."""
     data_start: int = 0
     """The step at which the run began reading the current dataset (see data_segment_start)."""
     metrics: MetricsLog | None = None
@@ -94,14 +98,28 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train's entry point on every worker."""
+    train(loop_config, RayTrainSession())
+
+
+def train_in_this_process(loop_config: dict) -> None:
+    """`pretrain.launcher: local`: this process trains, alone or as one of torchrun's processes (no Ray)."""
+    config = PretrainConfig(**loop_config["pretrain"])
+    session = ProcessSession(loop_config["run_uri"], config.keep_checkpoints, use_gpu=config.gpus_per_worker > 0)
+    try:
+        train(loop_config, session)
+    finally:
+        session.close()
+
+
+def train(loop_config: dict, session) -> None:
+    """The loop itself, the same under either session (pipelines.pretrain.sessions)."""
     import deepspeed
-    import ray.train
 
     config = PretrainConfig(**loop_config["pretrain"])
     model_config = ElectraConfig(**loop_config["model"])
     run_uri = loop_config["run_uri"]
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
+    rank, world_size = session.rank, session.world_size
     log = logger.info if rank == 0 else (lambda *_: None)
     torch.set_num_threads(config.cpus_per_worker)
     device = torch.device("cuda", torch.cuda.current_device()) if config.gpus_per_worker else torch.device("cpu")
@@ -152,8 +170,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     metrics = MetricsLog(run_uri, config.name, start_step, config.tracking_uri, saved_dict(loop_config["pretrain"])) \
         if rank == 0 else None
     sample_log = _SampleLog(run_uri, start_step, config.record_sample_ids and rank == 0)
-    run = WorkerRun(config, loop_config, model_config, run_uri, rank, world_size, manifest, data_start, metrics,
-                    sample_log)
+    run = WorkerRun(config, loop_config, model_config, run_uri, rank, world_size, manifest, session, data_start,
+                    metrics, sample_log)
     flops_per_token = training_flops_per_token(model_config, manifest["seq_len"])
     peak = peak_flops()
     accumulation = config.gradient_accumulation_steps
@@ -215,7 +233,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if on_every_rank_if_on_any(gave_up, world_size):
                 diverged = Diverged(done, guard.limit)
                 break
-            preempted = on_every_rank_if_on_any(ray.train.get_preemption_info() is not None, world_size)
+            preempted = on_every_rank_if_on_any(session.preemption_notice(), world_size)
             if preempted and not preemption_saved and done % config.checkpoint_every:
                 log(f"preemption notice: saving a checkpoint at step {done} before the node goes")
                 window.started += save_checkpoint(engine, run, done, record)
@@ -364,32 +382,26 @@ class _SampleLog:
 
 
 def save_checkpoint(engine, run: WorkerRun, step: int, record: dict) -> float:
-    """Gathers the full state (all ranks), rank 0 writes it locally and hands it to Ray Train, which uploads
-    it in the background. Returns the seconds training was blocked."""
-    import ray.train
-
+    """Gathers the full state (all ranks), rank 0 writes it locally and the session commits it (Ray Train uploads
+    it in the background). Returns the seconds training was blocked."""
     started = time.perf_counter()
     params, moments, optimizer_step = checkpoints.gather_full_state(engine)
-    checkpoint = None
+    directory = None
     if run.rank == 0:
         directory = tempfile.mkdtemp(prefix="electra-checkpoint-")
         checkpoints.write_checkpoint(directory, params, moments, run.trainer_state(step, optimizer_step))
-        checkpoint = ray.train.Checkpoint.from_directory(directory)
         if run.metrics is not None:
             run.metrics.flush()
         run.sample_log.flush()
     del params, moments
     blocked = time.perf_counter() - started
-    ray.train.report(
-        {**{k: v for k, v in record.items() if v is not None}, "step": step, "checkpoint_blocked_s": blocked},
-        checkpoint=checkpoint,
-        checkpoint_dir_name=checkpoints.directory_name(step),
-        checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
-        delete_local_checkpoint_after_upload=True,
-    )
+    run.session.commit_checkpoint(
+        directory, step, {**{k: v for k, v in record.items() if v is not None}, "step": step,
+                          "checkpoint_blocked_s": blocked})
     blocked = time.perf_counter() - started
     if run.rank == 0:
-        logger.info(f"checkpoint at step {step}: training blocked {blocked:.2f} s (upload continues in the background)")
+        upload = " (upload continues in the background)" if run.session.uploads_in_background else ""
+        logger.info(f"checkpoint at step {step}: training blocked {blocked:.2f} s{upload}")
         if run.metrics is not None:
             run.metrics.note(step, checkpoint_blocked_s=blocked)
     return blocked

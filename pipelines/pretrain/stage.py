@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 
 from electra_core import ElectraConfig, storage
@@ -70,9 +71,73 @@ def after_divergence(uri: str) -> str:
     return f"run the same command to resume from step {step_of(newest[0])}, or a new --name to start over"
 
 
+def describe(config: PretrainConfig, where: str, uri: str) -> str:
+    return (f"electra pretrain: {config.preset} ({config.objective}) {where}, global batch {config.global_batch_size} "
+            f"= {config.micro_batch_size} x {config.workers} workers x {config.gradient_accumulation_steps} "
+            f"accumulation, {config.max_steps} steps, ZeRO-{effective_zero_stage(config, config.workers)}, "
+            f"{config.resolved_precision}{', compiled' if config.compile else ''} -> {uri}")
+
+
+def train_on_ray(config: PretrainConfig, loop_config: dict, address: str | None, uri: str, log) -> None:
+    from pipelines.ray_runtime import check_workers_fit, ensure_ray, fit, ray_storage
+
+    ensure_ray(address)
+    check_workers_fit(config.workers, config.cpus_per_worker, config.gpus_per_worker, "pretrain")
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipelines.pretrain.loop import train_loop_per_worker
+
+    storage_path, filesystem = ray_storage(config.storage)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.workers,
+            use_gpu=config.gpus_per_worker > 0,
+            resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": config.gpus_per_worker} if config.gpus_per_worker else {})},
+        ),
+        torch_config=TorchConfig(backend="nccl" if config.gpus_per_worker else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=config.name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints),
+        ),
+    )
+    log(describe(config, f"on {config.workers} workers", uri))
+    clear_divergence(uri)
+    fit(trainer)
+
+
+def train_here(config: PretrainConfig, loop_config: dict, uri: str, log) -> int:
+    """launcher local: this process is rank RANK of WORLD_SIZE (torchrun's environment; else 0 of 1). Returns the
+    rank."""
+    import logging
+
+    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world_size != config.workers:
+        raise InputError(f"pretrain.workers is {config.workers} but this launch has {world_size} process(es); "
+                         f"start it with torchrun --nproc-per-node {config.workers}, or set --workers {world_size}")
+    progress = logging.getLogger("pipelines")  # the loop reports through logging; Ray Train would forward it
+    progress.setLevel(logging.INFO)
+    if not (progress.handlers or logging.getLogger().handlers):
+        progress.addHandler(logging.StreamHandler())
+    from pipelines.pretrain.loop import train_in_this_process
+
+    if rank == 0:
+        log(describe(config, f"in {world_size} process{'es' if world_size > 1 else ''} without Ray", uri))
+        clear_divergence(uri)
+    train_in_this_process(loop_config)
+    return rank
+
+
 def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) -> dict:
     """Runs (or resumes) the pretraining run STORAGE/NAME; returns its result record."""
     started = time.perf_counter()
+    if config.launcher == "local" and os.environ.get("RANK", "0") != "0":
+        log = lambda *_: None  # noqa: E731 (torchrun's other processes: rank 0 speaks for the run)
     config = with_absolute_local_paths(config)
     # auto is decided here, once, so that every worker trains in the same precision.
     config = dataclasses.replace(config, precision=config.resolved_precision)
@@ -89,40 +154,14 @@ def run_pretrain(config: PretrainConfig, address: str | None = None, log=print) 
     if existing:
         log(f"electra pretrain: {uri} has {len(existing)} checkpoints; resuming from the newest good one")
 
-    from pipelines.ray_runtime import check_workers_fit, ensure_ray, fit, ray_storage
-
-    ensure_ray(address)
-    check_workers_fit(config.workers, config.cpus_per_worker, config.gpus_per_worker, "pretrain")
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from pipelines.pretrain.loop import train_loop_per_worker
-
-    storage_path, filesystem = ray_storage(config.storage)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"pretrain": to_dict(config), "model": to_dict(model_config), "run_uri": uri},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=config.workers,
-            use_gpu=config.gpus_per_worker > 0,
-            resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": config.gpus_per_worker} if config.gpus_per_worker else {})},
-        ),
-        torch_config=TorchConfig(backend="nccl" if config.gpus_per_worker else "gloo"),
-        run_config=ray.train.RunConfig(
-            name=config.name,
-            storage_path=storage_path,
-            storage_filesystem=filesystem,
-            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints),
-        ),
-    )
-    log(f"electra pretrain: {config.preset} ({config.objective}) on {config.workers} workers, "
-        f"global batch {config.global_batch_size} = {config.micro_batch_size} x {config.workers} workers x "
-        f"{config.gradient_accumulation_steps} accumulation, {config.max_steps} steps, "
-        f"ZeRO-{effective_zero_stage(config, config.workers)}, {config.resolved_precision}"
-        f"{', compiled' if config.compile else ''} -> {uri}")
-    clear_divergence(uri)
-    fit(trainer)
+    loop_config = {"pretrain": to_dict(config), "model": to_dict(model_config), "run_uri": uri}
+    if config.launcher == "local":
+        rank = train_here(config, loop_config, uri, log)
+    else:
+        train_on_ray(config, loop_config, address, uri, log)
+        rank = 0
+    if rank != 0:  # torchrun's other processes: rank 0 reports
+        return {"run": uri, "rank": rank}
     prune_checkpoints(uri, config.keep_checkpoints)
     raise_if_diverged(uri, "pretrain", f"Lower pretrain.lr (peak {config.peak_lr:g}) or lengthen "
                       f"pretrain.warmup_steps, then {after_divergence(uri)}")

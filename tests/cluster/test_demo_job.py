@@ -27,7 +27,7 @@ def test_the_demo_job_succeeds_on_a_running_cluster_and_registers_a_model(ray_he
     root = tmp_path / "demo"  # absolute: the job runs in a temporary copy of the working directory
     entrypoint = (f"electra run --config configs/demo.yaml --set pipeline.root={root} "
                   "--set pretrain.max_steps=40 --set pretrain.checkpoint_every=20 --set pretrain.log_every=20 "
-                  "--set finetune.epochs=1")
+                  "--set finetune.epochs=1 --set finetune.trials=1")  # one trial and its baseline: 2 fine-tunes, not 6
 
     run = ray_head_cluster.submit_and_wait(entrypoint, runtime_env=runtime_env, timeout_s=600)
 

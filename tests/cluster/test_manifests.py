@@ -221,6 +221,44 @@ def test_gpu_containers_request_what_they_limit_and_get_shared_memory():
                     assert volume["emptyDir"]["medium"] == "Memory"
 
 
+EFA = "vpc.amazonaws.com/efa"
+
+
+def test_gpu_pods_get_the_efa_interconnect_and_may_lock_memory_for_it():
+    for where, spec in ray_cluster_specs():
+        for group, pod in pod_templates(spec):
+            for container in pod["containers"]:
+                if gpus(container):
+                    resources = container["resources"]
+                    assert int(resources["limits"].get(EFA, 0)) >= 1, f"{where}/{group}: no EFA devices for NCCL"
+                    assert resources["requests"][EFA] == resources["limits"][EFA], f"{where}/{group}: EFA request"
+                    capabilities = container.get("securityContext", {}).get("capabilities", {}).get("add", [])
+                    assert "IPC_LOCK" in capabilities, f"{where}/{group}: EFA's RDMA needs IPC_LOCK"
+
+
+def test_the_launchers_gpu_nodes_have_efa_in_one_placement_group_and_its_devices_in_the_container():
+    (where, config), = launcher_configs()
+    for name, node_type in config["available_node_types"].items():
+        if not is_gpu_instance(node_type):
+            continue
+        node = node_type["node_config"]
+        interfaces = node.get("NetworkInterfaces", [])
+        assert interfaces and all(i["InterfaceType"] == "efa" for i in interfaces), f"{where}/{name}: no EFA"
+        assert len({i["NetworkCardIndex"] for i in interfaces}) == len(interfaces), f"{where}/{name}: cards"
+        assert node["Placement"]["GroupName"], f"{where}/{name}: EFA needs a cluster placement group"
+        options = node_type["docker"]["worker_run_options"]
+        devices = [o for o in options if o.startswith("--device=/dev/infiniband/uverbs")]
+        assert len(devices) == len(interfaces), f"{where}/{name}: one uverbs device per EFA interface"
+        assert "--ulimit memlock=-1:-1" in options
+
+
+def test_the_gpu_image_has_nccls_efa_plugin_and_environment():
+    text = dockerfile("Dockerfile.gpu")
+    assert "efa_installer.sh" in text and "--skip-kmod" in text  # libfabric + aws-ofi-nccl, not a kernel module
+    for variable in ("FI_PROVIDER=efa", "TORCH_NCCL_ASYNC_ERROR_HANDLING=1", "NCCL_DEBUG=WARN"):
+        assert variable in text, f"Dockerfile.gpu does not set {variable}"
+
+
 def test_ray_pods_run_as_the_storage_identity_with_the_same_optional_secret_environment():
     environments = []
     for where, spec in ray_cluster_specs():
