@@ -10,6 +10,7 @@ as pipelines.pretrain.loop does, through DirectBatches (prefetch 0) or BatchPref
 the wall time spent waiting for data, and samples/s, for both.
 
     python benchmarks/data_wait.py [--steps 200] [--batch 16] [--latency-ms 50] [--prefetch 4] [--shard-rows 64]
+                                   [--corpus PATH]
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def s3_dataset(work: Path, shard_rows: int, seq_len: int) -> str:
-    """A prepared dataset on a fresh moto S3 bucket; returns its s3:// URI."""
+def s3_dataset(work: Path, shard_rows: int, seq_len: int, corpus: str | None = None) -> str:
+    """A prepared dataset on a fresh moto S3 bucket; returns its s3:// URI. corpus: a text file or tree to
+    prepare instead of the standard library's docstrings."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -43,8 +45,10 @@ def s3_dataset(work: Path, shard_rows: int, seq_len: int) -> str:
     os.environ.update({"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
     boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket="bench")
-    write_demo_data(str(work / "demo"), log=lambda *_: None)
-    run_prepare(PrepareConfig(inputs=[str(work / "demo" / "corpus")], output=str(work / "prepared"), seq_len=seq_len,
+    if corpus is None:
+        write_demo_data(str(work / "demo"), log=lambda *_: None)
+        corpus = str(work / "demo" / "corpus")
+    run_prepare(PrepareConfig(inputs=[corpus], output=str(work / "prepared"), seq_len=seq_len,
                               vocab_size=4000, shard_rows=shard_rows, executor="local"), log=lambda _: None)
     fs, _ = storage.filesystem("s3://bench")
     fs.put(str(work / "prepared") + "/", "bench/prepared", recursive=True)
@@ -92,7 +96,9 @@ def run(uri: str, steps: int, batch: int, prefetch: int) -> dict:
     for step in range(steps):
         tensors, wait = batches.get(step, 0)
         waited += wait
-        loss = model(**tensors, rng=generator).loss
+        # As the loop calls it: the padding decision from the host copy, the masking draws made up front.
+        padded = bool(tensors["attention_mask"].min() == 0)
+        loss = model(**tensors, noise=model.masking_noise(tensors["input_ids"], generator), padded=padded).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -111,18 +117,20 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, default=4)
     parser.add_argument("--shard-rows", type=int, default=64)
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    parser.add_argument("--corpus", help="a text file or tree to prepare (default: the stdlib's docstrings)")
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as work:
-        uri = s3_dataset(Path(work), args.shard_rows, args.seq_len)
+        uri = s3_dataset(Path(work), args.shard_rows, args.seq_len, args.corpus)
         with_latency(args.latency_ms / 1000)
         results = {name: run(uri, args.steps, args.batch, prefetch)
                    for name, prefetch in (("read on the training thread (prefetch 0)", 0),
                                           (f"read ahead (prefetch {args.prefetch})", args.prefetch))}
-    print(f"tiny preset, seq {args.seq_len}, batch {args.batch}, {args.steps} steps, {args.threads} threads; "
+    print(f"corpus {args.corpus or 'stdlib docstrings'}; "
+          f"tiny preset, seq {args.seq_len}, batch {args.batch}, {args.steps} steps, {args.threads} threads; "
           f"shards of {args.shard_rows} rows on S3 (moto) with {args.latency_ms:.0f} ms added to every read")
     print(f"{'':44} {'waiting for data':>17} {'samples/s':>10} {'step ms':>8} {'epochs':>7}")
     for name, r in results.items():

@@ -88,6 +88,11 @@ def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
+def is_local(uri: str) -> bool:
+    """Whether a URI names the local disk (a plain path or file://)."""
+    return _is_local(filesystem(uri)[0])
+
+
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")

@@ -1,12 +1,18 @@
 """The training checkpoint format: what is saved, how it is verified, how it is found and restored.
 
-A checkpoint is world-size independent: full fp32 parameters and full AdamW moments (gathered from the
-ZeRO partitions), so it restores on any number of workers and any ZeRO stage. Files:
+A checkpoint is world-size independent: full fp32 parameters and full AdamW moments, by parameter name, so it
+restores on any number of workers and any ZeRO stage. It is written in shards: each rank gathers the full
+tensors of its own share of the parameters (balanced by size) and writes only those, so no rank holds the
+whole state in host memory. Files (version 2):
 
-    model.safetensors       fp32 master weights, by parameter name
-    optimizer.safetensors   exp_avg/NAME and exp_avg_sq/NAME
-    trainer_state.json      step, samples consumed, optimizer step count, configs, dataset fingerprint
-    _checkpoint.json        every file above with its size and sha256; written last
+    model-RRRRR-of-NNNNN.safetensors       rank R's share of the fp32 master weights, by parameter name
+    optimizer-RRRRR-of-NNNNN.safetensors   exp_avg/NAME and exp_avg_sq/NAME of the same parameters
+    trainer_state.json                     step, samples consumed, optimizer step count, configs, dataset fingerprint
+    _checkpoint.json                       every file above with its size and sha256; written last
+
+Version 1 (one model.safetensors and one optimizer.safetensors) is still read. A restore streams each file
+through its checksum to local disk and then takes one tensor at a time, so a rank holds at most one full
+parameter of the checkpoint in memory beside its own model.
 
 No pickle: everything is safetensors or JSON. Randomness needs no saved state: data order, masking and
 dropout are functions of (seed, step, micro-batch).
@@ -19,10 +25,12 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 
 import torch
-from safetensors.torch import load as load_safetensors
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from electra_core import storage
@@ -30,9 +38,16 @@ from electra_core import storage
 logger = logging.getLogger(__name__)
 
 FORMAT = "electra-checkpoint"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MARKER = "_checkpoint.json"
-MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "trainer_state.json"
+STATE_FILE = "trainer_state.json"
+
+
+def shard_files(rank: int, world_size: int) -> tuple[str, str]:
+    """(weights, moments) file names of one rank's shard."""
+    suffix = f"{rank:05d}-of-{world_size:05d}.safetensors"
+    return f"model-{suffix}", f"optimizer-{suffix}"
 DIRECTORY_PREFIX = "checkpoint_"
 _DIRECTORY_PATTERN = re.compile(DIRECTORY_PREFIX + r"\d{9}")
 
@@ -79,58 +94,89 @@ def _link_optimizer_states(engine, create: bool) -> None:
         engine.optimizer._lazy_init_hp_params_optimizer_state()
 
 
-def gather_full_params(engine) -> dict[str, torch.Tensor]:
-    """fp32 parameters in full on every rank (the master copy under mixed precision). A collective."""
+def gather_full_params(engine, keep: bool = True) -> dict[str, torch.Tensor]:
+    """fp32 parameters in full (the master copy under mixed precision), kept where `keep` (the exporting rank);
+    a collective that every rank joins, the others holding one tensor at a time."""
     from deepspeed.utils import safe_get_full_fp32_param
 
     params = {}
     for name, param in engine.module.named_parameters():
         full = safe_get_full_fp32_param(param)
-        params[name] = (param.detach() if full is None else full).float().cpu().clone()
+        if keep:
+            params[name] = (param.detach() if full is None else full).float().cpu().clone()
+        del full
     return params
 
 
-def gather_full_state(engine) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
-    """(fp32 parameters, Adam moments, optimizer step) in full on every rank. A collective: all ranks call it."""
-    from deepspeed.utils import safe_get_full_optimizer_state
+def parameter_owners(sizes: dict[str, int], world_size: int) -> dict[str, int]:
+    """Which rank writes each parameter: largest first to the least loaded rank, so shards are about equal."""
+    loads = [0] * world_size
+    owners = {}
+    for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
+        rank = loads.index(min(loads))
+        owners[name] = rank
+        loads[rank] += sizes[name]
+    return owners
+
+
+def gather_state_shard(engine, rank: int, world_size: int) -> tuple[dict, dict, int]:
+    """(fp32 parameters, Adam moments, optimizer step) of this rank's share of the parameters, in full. A
+    collective: every rank gathers every tensor in the same order (ZeRO's full-tensor reads are collectives) and
+    keeps only its own, so host memory per rank holds 1/world_size of the state, plus one tensor in passing."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
     base = _base_optimizer(engine)
     _link_optimizer_states(engine, create=False)
-    params, moments = gather_full_params(engine), {}
-    for name, param in engine.module.named_parameters():
+    named = list(engine.module.named_parameters())
+    owners = parameter_owners({name: _full_numel(param) for name, param in named}, world_size)
+    params, moments = {}, {}
+    for name, param in named:
+        mine = owners[name] == rank
+        full = safe_get_full_fp32_param(param)
+        if mine:
+            params[name] = (param.detach() if full is None else full).float().cpu().clone()
         for key in ("exp_avg", "exp_avg_sq"):
             value = safe_get_full_optimizer_state(param, key)
-            if value is None:  # stage 0 in fp32: the torch optimizer holds per-parameter state
-                value = base.state.get(param, {}).get(key, torch.zeros_like(param))
-            moments[f"{key}/{name}"] = value.float().cpu().clone()
+            if mine:
+                if value is None:  # stage 0 in fp32: the torch optimizer holds per-parameter state
+                    value = base.state.get(param, {}).get(key, torch.zeros_like(param))
+                moments[f"{key}/{name}"] = value.float().cpu().clone()
+        del full
     steps = [state["step"] for state in base.state.values() if "step" in state]
     return params, moments, int(steps[0]) if steps else 0
 
 
-def load_module_weights(module: torch.nn.Module, params: dict[str, torch.Tensor]) -> None:
-    """Before deepspeed.initialize: the module's own weights, exactly (fp32)."""
+def _full_numel(param) -> int:
+    return int(getattr(param, "ds_numel", param.numel()))  # ZeRO-3 keeps an empty placeholder in .data
+
+
+def load_module_weights(module: torch.nn.Module, params) -> None:
+    """Before deepspeed.initialize: the module's own weights, exactly (fp32). params: a LoadedCheckpoint (read one
+    tensor at a time) or a dict of tensors."""
+    read = params.param if isinstance(params, LoadedCheckpoint) else params.__getitem__
     with torch.no_grad():
         for name, param in module.named_parameters():
-            param.copy_(params[name])
+            param.copy_(read(name))
 
 
-def restore_optimizer_state(engine, params: dict[str, torch.Tensor], moments: dict[str, torch.Tensor],
-                            optimizer_step: int) -> None:
+def restore_optimizer_state(engine, checkpoint: LoadedCheckpoint) -> None:
     """After deepspeed.initialize: fp32 masters, Adam moments and step count, into whatever partitioning
-    this run uses."""
+    this run uses; one parameter's tensors at a time."""
     from deepspeed.utils import (safe_set_full_fp32_param, safe_set_full_optimizer_state, safe_set_local_fp32_param,
                                  safe_set_local_optimizer_state)
 
+    optimizer_step = checkpoint.trainer_state["optimizer_step"]
     base = _base_optimizer(engine)
     _link_optimizer_states(engine, create=True)
     for name, param in engine.module.named_parameters():
-        states = {key: moments[f"{key}/{name}"] for key in ("exp_avg", "exp_avg_sq")}
+        weights = checkpoint.param(name)
+        states = {key: checkpoint.moment(key, name) for key in ("exp_avg", "exp_avg_sq")}
         if hasattr(param, "ds_tensor"):  # ZeRO-3: this rank's partition of each
-            safe_set_local_fp32_param(param, _zero3_partition(param, params[name]))
+            safe_set_local_fp32_param(param, _zero3_partition(param, weights))
             for key, value in states.items():
                 safe_set_local_optimizer_state(param, _zero3_partition(param, value), key)
         elif hasattr(param, "_hp_mapping"):  # ZeRO-1/2 and the bf16 optimizer
-            safe_set_full_fp32_param(param, params[name].to(param.device))
+            safe_set_full_fp32_param(param, weights.to(param.device))
             for key, value in states.items():
                 safe_set_full_optimizer_state(param, value.to(param.device), key)
         else:  # stage 0 in fp32: torch's own per-parameter state
@@ -163,58 +209,135 @@ def _zero3_partition(param, full: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def write_checkpoint(directory: str, params: dict, moments: dict, trainer_state: dict) -> None:
-    """Writes a checkpoint into a local directory, its marker last."""
+def write_shard(directory: str, rank: int, world_size: int, params: dict, moments: dict) -> dict[str, dict]:
+    """Writes one rank's shard into a local directory; returns its files' sizes and checksums for the marker."""
     os.makedirs(directory, exist_ok=True)
-    save_file(params, os.path.join(directory, MODEL_FILE), metadata={"format": "pt"})
-    save_file(moments, os.path.join(directory, OPTIMIZER_FILE), metadata={"format": "pt"})
+    model_file, optimizer_file = shard_files(rank, world_size)
+    save_file(params, os.path.join(directory, model_file), metadata={"format": "pt"})
+    save_file(moments, os.path.join(directory, optimizer_file), metadata={"format": "pt"})
+    return {name: _file_entry(os.path.join(directory, name)) for name in (model_file, optimizer_file)}
+
+
+def write_marker(directory: str, trainer_state: dict, shard_listings: list[dict[str, dict]]) -> None:
+    """Rank 0, once every rank has written its shard: trainer_state.json, then the marker listing every file."""
     with open(os.path.join(directory, STATE_FILE), "w") as handle:
         json.dump(trainer_state, handle, indent=1, sort_keys=True)
-    files = {}
-    for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE):
-        with open(os.path.join(directory, name), "rb") as handle:
-            data = handle.read()
-        files[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    marker = {"format": FORMAT, "version": VERSION, "step": trainer_state["step"], "files": files}
+    files = {name: entry for listing in shard_listings for name, entry in listing.items()}
+    files[STATE_FILE] = _file_entry(os.path.join(directory, STATE_FILE))
+    marker = {"format": FORMAT, "version": VERSION, "step": trainer_state["step"], "world_size": len(shard_listings),
+              "files": files}
     with open(os.path.join(directory, MARKER), "w") as handle:
         json.dump(marker, handle, indent=1, sort_keys=True)
 
 
+def write_checkpoint(directory: str, params: dict, moments: dict, trainer_state: dict) -> None:
+    """A whole checkpoint written by one process (a world of one): its shard, then the marker."""
+    write_marker(directory, trainer_state, [write_shard(directory, 0, 1, params, moments)])
+
+
+def _file_entry(path: str) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
 @dataclass
 class LoadedCheckpoint:
+    """A verified checkpoint whose tensors are read one at a time from local copies of its files."""
+
     uri: str
     step: int
-    params: dict[str, torch.Tensor]
-    moments: dict[str, torch.Tensor]
     trainer_state: dict
+    tensor_files: list[str]
+    """Local paths of the safetensors files."""
+    local_copy: str | None = None
+    """The temporary directory holding downloaded copies (None when the checkpoint is on a local disk)."""
+    _index: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for path in self.tensor_files:
+            with safe_open(path, framework="pt") as handle:
+                self._index.update(dict.fromkeys(handle.keys(), path))
+
+    def tensor(self, key: str) -> torch.Tensor:
+        with safe_open(self._index[key], framework="pt") as handle:
+            return handle.get_tensor(key)
+
+    def param(self, name: str) -> torch.Tensor:
+        return self.tensor(name)
+
+    def moment(self, key: str, name: str) -> torch.Tensor:
+        return self.tensor(f"{key}/{name}")
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """Every weight at once (tests and tools; a restore reads them one at a time)."""
+        return {key: self.tensor(key) for key in self._index if "/" not in key}
+
+    def close(self) -> None:
+        if self.local_copy:
+            shutil.rmtree(self.local_copy, ignore_errors=True)
 
 
 def read_verified(uri: str) -> LoadedCheckpoint:
-    """Reads a checkpoint and checks every file against its marker; ValueError says what is wrong."""
+    """Checks every file of a checkpoint against its marker (streaming each through sha256 into a local copy
+    when the checkpoint is not on a local disk); ValueError says what is wrong."""
     try:
         marker = json.loads(storage.read_text(storage.join(uri, MARKER)))
     except FileNotFoundError:
         raise ValueError(f"{uri}: no {MARKER} (incomplete checkpoint)") from None
     except json.JSONDecodeError:
         raise ValueError(f"{uri}: {MARKER} is not valid JSON") from None
-    if marker.get("format") != FORMAT or marker.get("version") != VERSION:
-        raise ValueError(f"{uri}: not an {FORMAT} of version {VERSION}")
-    contents = {}
-    for name, expected in marker["files"].items():
-        try:
-            data = storage.read_bytes(storage.join(uri, name))
-        except FileNotFoundError:
-            raise ValueError(f"{uri}: {name} is missing") from None
-        if len(data) != expected["bytes"] or hashlib.sha256(data).hexdigest() != expected["sha256"]:
-            raise ValueError(f"{uri}: {name} is truncated or corrupt ({len(data)} of {expected['bytes']} bytes)")
-        contents[name] = data
-    return LoadedCheckpoint(
-        uri=uri,
-        step=int(marker["step"]),
-        params=load_safetensors(contents[MODEL_FILE]),
-        moments=load_safetensors(contents[OPTIMIZER_FILE]),
-        trainer_state=json.loads(contents[STATE_FILE]),
-    )
+    if marker.get("format") != FORMAT or marker.get("version") not in READABLE_VERSIONS:
+        raise ValueError(f"{uri}: not an {FORMAT} of version {' or '.join(map(str, READABLE_VERSIONS))}")
+    fs, root = storage.filesystem(uri)
+    local = storage.is_local(uri)
+    copy_dir = None if local else tempfile.mkdtemp(prefix="electra-restore-")
+    paths = {}
+    try:
+        for name, expected in marker["files"].items():
+            source = f"{root.rstrip('/')}/{name}"
+            target = source if local else os.path.join(copy_dir, name)
+            size, digest = _stream_checked(fs, source, None if local else target, uri, name)
+            if size != expected["bytes"] or digest != expected["sha256"]:
+                raise ValueError(f"{uri}: {name} is truncated or corrupt ({size} of {expected['bytes']} bytes)")
+            paths[name] = target
+        with open(paths[STATE_FILE]) as handle:
+            trainer_state = json.load(handle)
+    except BaseException:
+        if copy_dir:
+            shutil.rmtree(copy_dir, ignore_errors=True)
+        raise
+    tensors = [path for name, path in sorted(paths.items()) if name.endswith(".safetensors")]
+    return LoadedCheckpoint(uri=uri, step=int(marker["step"]), trainer_state=trainer_state, tensor_files=tensors,
+                            local_copy=copy_dir)
+
+
+def _stream_checked(fs, source: str, target: str | None, uri: str, name: str) -> tuple[int, str]:
+    """(bytes, sha256) of a file read in blocks, written to `target` on the way when given."""
+    digest, size = hashlib.sha256(), 0
+    try:
+        with fs.open(source, "rb") as handle, (open(target, "wb") if target else _NoSink()) as sink:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+                sink.write(block)
+                size += len(block)
+    except FileNotFoundError:
+        raise ValueError(f"{uri}: {name} is missing") from None
+    return size, digest.hexdigest()
+
+
+class _NoSink:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        return False
+
+    def write(self, _block) -> None:
+        pass
 
 
 def list_checkpoints(run_uri: str) -> list[str]:

@@ -9,9 +9,12 @@ an uninterrupted run would have read, for any number of workers.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
+import os
 import queue
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -75,6 +78,75 @@ class SampleOrder:
         return np.random.default_rng([self.seed, epoch, window]).permutation(ids)
 
 
+class NodeShardCache:
+    """Shards from object storage downloaded once per node, into a local directory that the node's ranks share.
+
+    The ranks of a node read different rows of the same shuffle window at the same time, so without this each
+    of them downloads every shard of the window (8 GPUs: 8 downloads of each). Files are named by their sha256:
+    the first rank to need one takes a lock on it, downloads and renames it into place; the others wait on the
+    lock and read the local copy. Only the newest `max_files` are kept (the ranks move through the windows in
+    step, so a few windows' worth suffice); a rank that still reads a file being removed keeps its open copy.
+    """
+
+    def __init__(self, directory: str, max_files: int):
+        self.directory = directory
+        self.max_files = max_files
+        os.makedirs(directory, exist_ok=True)
+
+    @classmethod
+    def for_dataset(cls, data_uri: str, fingerprint: str, max_files: int) -> "NodeShardCache | None":
+        """A cache under the system's temporary directory for data on object storage; None for local data."""
+        if "://" not in data_uri or data_uri.startswith("file://"):
+            return None
+        return cls(os.path.join(tempfile.gettempdir(), "electra-shards", fingerprint), max_files)
+
+    def read(self, uri: str, sha256: str) -> bytes:
+        path = os.path.join(self.directory, f"{sha256}.parquet")
+        data = _verified_file(path, sha256)
+        if data is not None:
+            os.utime(path)  # recently used: kept ahead of older shards
+            return data
+        with open(path + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            data = _verified_file(path, sha256)  # another rank fetched it while this one waited
+            if data is None:
+                data = storage.read_bytes(uri)
+                if hashlib.sha256(data).hexdigest() == sha256:  # a damaged download is not kept for the others
+                    partial = f"{path}.{os.getpid()}.partial"
+                    with open(partial, "wb") as handle:
+                        handle.write(data)
+                    os.replace(partial, path)
+        self._evict()
+        return data
+
+    def _evict(self) -> None:
+        files = [os.path.join(self.directory, n) for n in os.listdir(self.directory) if n.endswith(".parquet")]
+        if len(files) <= self.max_files:
+            return
+        for path in sorted(files, key=_modified)[: len(files) - self.max_files]:
+            for stale in (path, path + ".lock"):
+                try:
+                    os.unlink(stale)
+                except FileNotFoundError:
+                    pass
+
+
+def _modified(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _verified_file(path: str, sha256: str) -> bytes | None:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == sha256 else None
+
+
 class ShardReader:
     """Loads shards (verifying their sha256) into padded arrays, keeping the most recently used ones.
 
@@ -85,8 +157,10 @@ class ShardReader:
 
     PARALLEL_READS = 8
 
-    def __init__(self, data_uri: str, shards: list[dict], seq_len: int, pad_token_id: int, cache_shards: int = 16):
+    def __init__(self, data_uri: str, shards: list[dict], seq_len: int, pad_token_id: int, cache_shards: int = 16,
+                 node_cache: NodeShardCache | None = None):
         self.data_uri = data_uri
+        self.node_cache = node_cache
         self.shards = shards
         self.seq_len = seq_len
         self.pad_token_id = pad_token_id
@@ -124,7 +198,7 @@ class ShardReader:
     def _load_shard(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         shard = self.shards[index]
         uri = storage.join(self.data_uri, shard["path"])
-        data = storage.read_bytes(uri)
+        data = self.node_cache.read(uri, shard["sha256"]) if self.node_cache else storage.read_bytes(uri)
         if hashlib.sha256(data).hexdigest() != shard["sha256"]:
             raise ValueError(f"{uri}: checksum does not match the manifest; the dataset is damaged")
         table = pq.read_table(io.BytesIO(data))

@@ -2,9 +2,9 @@
 with no Ray at all (`pretrain.launcher: local`: this process alone, or each process that torchrun starts).
 
 The loop asks its session three things: its rank and the world size, whether a preemption notice came, and to
-commit a checkpoint directory that rank 0 has written locally (marker last). Everything else (data order,
-restore, export) is the same code either way, so the GPU check and the overhead benchmark's plain loop can run
-the pipeline's own step on a machine without Ray.
+commit the checkpoint directory that each rank has written locally (its shard; rank 0's also holds the marker).
+Everything else (data order, restore, export) is the same code either way, so the pipeline's own step runs on
+a machine without Ray.
 """
 
 from __future__ import annotations
@@ -40,13 +40,14 @@ class RayTrainSession:
 
         return ray.train.get_preemption_info() is not None
 
-    def commit_checkpoint(self, directory: str | None, step: int, metrics: dict) -> None:
-        """directory: rank 0's local checkpoint (None on the other ranks, which still take part)."""
+    def commit_checkpoint(self, directory: str, step: int, metrics: dict) -> None:
+        """directory: this rank's shard (and on rank 0 the marker); Ray Train uploads every rank's files into the
+        same checkpoint directory."""
         import ray.train
 
         ray.train.report(
             metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(directory) if directory else None,
+            checkpoint=ray.train.Checkpoint.from_directory(directory),
             checkpoint_dir_name=checkpoints.directory_name(step),
             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
             delete_local_checkpoint_after_upload=True,
@@ -55,8 +56,8 @@ class RayTrainSession:
 
 class ProcessSession:
     """A plain process: rank and world size from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), else a
-    world of one. Rank 0 copies each checkpoint to storage itself, synchronously and marker last, then keeps the
-    newest `keep`. There is no restart on failure: running the same command again resumes, as after any stop."""
+    world of one. Each rank copies its shard to storage itself, synchronously; rank 0 adds the marker once all
+    have, then keeps the newest `keep`. There is no restart on failure: running the same command again resumes, as after any stop."""
 
     uploads_in_background = False
 
@@ -76,17 +77,25 @@ class ProcessSession:
     def preemption_notice(self) -> bool:
         return False
 
-    def commit_checkpoint(self, directory: str | None, step: int, metrics: dict) -> None:
-        if directory is not None:
-            target = storage.join(self.run_uri, checkpoints.directory_name(step))
-            names = sorted(os.listdir(directory), key=lambda name: name == checkpoints.MARKER)  # marker last
-            for name in names:
-                with open(os.path.join(directory, name), "rb") as handle:
-                    storage.write_bytes(storage.join(target, name), handle.read())
-            shutil.rmtree(directory, ignore_errors=True)
+    def commit_checkpoint(self, directory: str, step: int, metrics: dict) -> None:
+        """Every rank copies its shard; once all have, rank 0 copies the marker, then prunes."""
+        target = storage.join(self.run_uri, checkpoints.directory_name(step))
+        names = sorted(os.listdir(directory))
+        self._copy(directory, target, [name for name in names if name != checkpoints.MARKER])
+        if self.world_size > 1:
+            dist.barrier()  # every shard is in storage before the marker says the checkpoint is complete
+        if checkpoints.MARKER in names:
+            self._copy(directory, target, [checkpoints.MARKER])
             checkpoints.prune_checkpoints(self.run_uri, self.keep)
+        shutil.rmtree(directory, ignore_errors=True)
         if self.world_size > 1:
             dist.barrier()  # no rank runs ahead of a checkpoint that is not committed yet
+
+    @staticmethod
+    def _copy(directory: str, target: str, names: list[str]) -> None:
+        for name in names:
+            with open(os.path.join(directory, name), "rb") as handle:
+                storage.write_bytes(storage.join(target, name), handle.read())
 
     def close(self) -> None:
         if dist.is_initialized():

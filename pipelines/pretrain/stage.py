@@ -1,13 +1,15 @@
 """The pretrain stage on the driver: validate inputs, build the Ray Train TorchTrainer, run it, report.
 
 Skeleton: parse config -> check the dataset and the model shape -> TorchTrainer (workers run
-pipelines.pretrain.loop) -> result record (export URIs, final metrics) for the next stage.
+pipelines.pretrain.loop), or the same loop in this process (launcher local) -> result record (export URIs,
+final metrics) for the next stage.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 
@@ -114,8 +116,6 @@ def train_on_ray(config: PretrainConfig, loop_config: dict, address: str | None,
 def train_here(config: PretrainConfig, loop_config: dict, uri: str, log) -> int:
     """launcher local: this process is rank RANK of WORLD_SIZE (torchrun's environment; else 0 of 1). Returns the
     rank."""
-    import logging
-
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world_size != config.workers:
         raise InputError(f"pretrain.workers is {config.workers} but this launch has {world_size} process(es); "

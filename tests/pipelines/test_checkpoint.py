@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,7 +33,7 @@ def test_a_damaged_checkpoint_is_skipped_for_the_previous_good_one_with_a_warnin
     write(tmp_path, 10)
     newest = tmp_path / checkpoints.directory_name(20)
     write(tmp_path, 20)
-    weights = newest / checkpoints.MODEL_FILE
+    weights = newest / checkpoints.shard_files(0, 1)[0]
     if damage == "truncate":
         weights.write_bytes(weights.read_bytes()[:100])
     elif damage == "delete":
@@ -77,7 +78,7 @@ def test_no_checkpoints_means_a_fresh_start(tmp_path):
 def test_checkpoint_holds_no_pickle(tmp_path):
     directory = write(tmp_path, 5)
     marker = json.loads(storage.read_text(f"{directory}/{checkpoints.MARKER}"))
-    assert set(marker["files"]) == {checkpoints.MODEL_FILE, checkpoints.OPTIMIZER_FILE, checkpoints.STATE_FILE}
+    assert set(marker["files"]) == {*checkpoints.shard_files(0, 1), checkpoints.STATE_FILE}
     for name in marker["files"]:
         head = (tmp_path / checkpoints.directory_name(5) / name).read_bytes()[:2]
         assert head != b"\x80\x04" and head[:1] != b"PK"  # neither a pickle stream nor torch's zip format
@@ -89,3 +90,47 @@ def test_checkpoints_on_s3_verify_the_same_way(s3_bucket, tmp_path):
     fs.put(local, f"{path}/{checkpoints.directory_name(7)}", recursive=True)
     loaded = checkpoints.latest_good_checkpoint(f"{s3_bucket}/run")
     assert loaded.step == 7 and torch.equal(loaded.params["w"], torch.full((4, 4), 7.0))
+    copy = loaded.local_copy  # streamed through its checksums to local disk, read from there one tensor at a time
+    assert copy and sorted(p.name for p in Path(copy).iterdir()) == sorted(
+        [*checkpoints.shard_files(0, 1), checkpoints.STATE_FILE])
+    loaded.close()
+    assert not Path(copy).exists()
+
+
+def test_shards_of_several_ranks_make_one_checkpoint_that_any_world_size_reads(tmp_path):
+    sizes = {"big": 1000, "mid": 600, "small": 500, "tiny": 10}
+    owners = checkpoints.parameter_owners(sizes, 2)
+    loads = [sum(n for name, n in sizes.items() if owners[name] == rank) for rank in (0, 1)]
+    assert sorted(loads) == [1010, 1100]  # largest first to the least loaded rank
+    directory = tmp_path / checkpoints.directory_name(3)
+    tensors = {name: torch.full((n,), float(i)) for i, (name, n) in enumerate(sizes.items())}
+    listings = []
+    for rank in (0, 1):  # as each rank writes its own share
+        mine = {name: t for name, t in tensors.items() if owners[name] == rank}
+        moments = {f"{key}/{name}": t * 2 for name, t in mine.items() for key in ("exp_avg", "exp_avg_sq")}
+        listings.append(checkpoints.write_shard(str(directory), rank, 2, mine, moments))
+    checkpoints.write_marker(str(directory), {"step": 3, "optimizer_step": 3}, listings)
+    loaded = checkpoints.latest_good_checkpoint(str(tmp_path))
+    assert set(loaded.params) == set(sizes)
+    for name, tensor in tensors.items():
+        assert torch.equal(loaded.param(name), tensor) and torch.equal(loaded.moment("exp_avg", name), tensor * 2)
+    # A rank's shard missing (its upload lost) makes the whole checkpoint incomplete, not half of one.
+    (directory / checkpoints.shard_files(1, 2)[0]).unlink()
+    assert checkpoints.latest_good_checkpoint(str(tmp_path), log=lambda _: None) is None
+
+
+def test_a_version_1_checkpoint_of_an_earlier_release_still_resumes(tmp_path):
+    from safetensors.torch import save_file
+
+    directory = tmp_path / checkpoints.directory_name(4)
+    directory.mkdir()
+    save_file({"w": torch.ones(2)}, str(directory / "model.safetensors"))
+    save_file({"exp_avg/w": torch.zeros(2), "exp_avg_sq/w": torch.ones(2)}, str(directory / "optimizer.safetensors"))
+    (directory / checkpoints.STATE_FILE).write_text(json.dumps({"step": 4, "optimizer_step": 4}))
+    files = {name: checkpoints._file_entry(str(directory / name))
+             for name in ("model.safetensors", "optimizer.safetensors", checkpoints.STATE_FILE)}
+    (directory / checkpoints.MARKER).write_text(json.dumps({"format": checkpoints.FORMAT, "version": 1, "step": 4,
+                                                            "files": files}))
+    loaded = checkpoints.latest_good_checkpoint(str(tmp_path))
+    assert loaded.step == 4 and torch.equal(loaded.param("w"), torch.ones(2))
+    assert torch.equal(loaded.moment("exp_avg_sq", "w"), torch.ones(2))

@@ -89,3 +89,102 @@ def test_a_batch_across_many_shards_reads_them_together_and_a_small_cache_still_
     assert len(reader._cache) == len(set(shards.tolist()))  # all kept while the batch needed them
     reader.batch(order, order.sample_ids(64, 4))
     assert len(reader._cache) <= max(2, len(set(order.locate(order.sample_ids(64, 4))[0].tolist())))
+
+
+# --- shards shared by the ranks of a node ----------------------------------------------------------------------
+
+@pytest.fixture
+def dataset_on_s3(tmp_path, s3_bucket):
+    """A prepared dataset of many small shards on moto's S3 (127.0.0.1)."""
+    from electra_core import storage
+    from pipelines.config import PrepareConfig
+    from pipelines.prepare import run_prepare
+    from pipelines.prepare.manifest import load_committed_dataset
+    from tests.pipelines.conftest import make_sentences
+
+    (tmp_path / "corpus.txt").write_text("\n".join(make_sentences(400)))
+    run_prepare(PrepareConfig(inputs=[str(tmp_path / "corpus.txt")], output=str(tmp_path / "prepared"), seq_len=32,
+                              vocab_size=300, shard_rows=16, executor="local"), log=lambda _: None)
+    fs, _ = storage.filesystem(s3_bucket)
+    fs.put(str(tmp_path / "prepared") + "/", f"{s3_bucket[5:]}/prepared", recursive=True)
+    uri = f"{s3_bucket}/prepared"
+    return uri, load_committed_dataset(uri)
+
+
+@pytest.fixture
+def storage_reads(monkeypatch):
+    """Every read from storage, counted by URI (the real reads still happen)."""
+    from collections import Counter
+
+    from electra_core import storage
+    from pipelines.pretrain import data
+
+    counts: Counter = Counter()
+    original = storage.read_bytes
+
+    def counted(uri: str) -> bytes:
+        counts[uri] += 1
+        return original(uri)
+
+    monkeypatch.setattr(data.storage, "read_bytes", counted)
+    return counts
+
+
+def ranks_of_one_node(uri, manifest, cache_dir, ranks=2, max_files=64):
+    from pipelines.pretrain.data import NodeShardCache, SampleOrder, ShardReader
+
+    cache = NodeShardCache(str(cache_dir), max_files)
+    order = SampleOrder([s["rows"] for s in manifest["shards"]], seed=0, shuffle_window=8)
+    readers = [ShardReader(uri, manifest["shards"], manifest["seq_len"], 0, node_cache=cache) for _ in range(ranks)]
+    return order, readers
+
+
+def test_the_ranks_of_a_node_download_each_shard_once_and_get_the_same_batches(dataset_on_s3, storage_reads, tmp_path):
+    import threading
+
+    from pipelines.pretrain.data import ShardReader
+
+    uri, manifest = dataset_on_s3
+    order, readers = ranks_of_one_node(uri, manifest, tmp_path / "node-cache")
+    # Two ranks take alternate slices of the same global batches at the same time, as in the training loop.
+    results: dict[int, list] = {0: [], 1: []}
+
+    def rank(index: int) -> None:
+        for step in range(4):
+            ids = order.sample_ids(step * 32 + index * 16, 16)
+            results[index].append(readers[index].batch(order, ids)["input_ids"])
+
+    threads = [threading.Thread(target=rank, args=(i,)) for i in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    shard_reads = {u: n for u, n in storage_reads.items() if u.endswith(".parquet")}
+    assert shard_reads and max(shard_reads.values()) == 1  # each shard once for the whole node
+
+    plain = ShardReader(uri, manifest["shards"], manifest["seq_len"], 0)  # straight from S3, no node cache
+    for index in range(2):
+        for step in range(4):
+            expected = plain.batch(order, order.sample_ids(step * 32 + index * 16, 16))["input_ids"]
+            assert np.array_equal(results[index][step], expected)
+
+
+def test_a_damaged_cached_shard_is_downloaded_again(dataset_on_s3, storage_reads, tmp_path):
+    uri, manifest = dataset_on_s3
+    order, (reader,) = ranks_of_one_node(uri, manifest, tmp_path / "node-cache", ranks=1)
+    ids = order.sample_ids(0, 16)
+    first = reader.batch(order, ids)["input_ids"]
+    for cached in (tmp_path / "node-cache").glob("*.parquet"):
+        cached.write_bytes(cached.read_bytes()[:100])  # a truncated local copy (a full disk, a killed writer)
+    _, (fresh,) = ranks_of_one_node(uri, manifest, tmp_path / "node-cache", ranks=1)
+    assert np.array_equal(fresh.batch(order, ids)["input_ids"], first)
+    assert max(n for u, n in storage_reads.items() if u.endswith(".parquet")) == 2
+
+
+def test_the_node_cache_keeps_only_its_newest_shards_and_is_off_for_local_data(dataset_on_s3, tmp_path):
+    from pipelines.pretrain.data import NodeShardCache
+
+    uri, manifest = dataset_on_s3
+    order, (reader,) = ranks_of_one_node(uri, manifest, tmp_path / "node-cache", ranks=1, max_files=3)
+    reader.batch(order, order.sample_ids(0, 64))  # a window of 8 shards
+    assert len(list((tmp_path / "node-cache").glob("*.parquet"))) == 3
+    assert NodeShardCache.for_dataset(str(tmp_path / "prepared"), "f", 8) is None
+    assert NodeShardCache.for_dataset(uri, "abc", 8).directory.endswith("electra-shards/abc")
