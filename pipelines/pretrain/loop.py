@@ -166,7 +166,6 @@ def train(loop_config: dict, session) -> None:
         data_start = data_segment_start(resumed.trainer_state, resumed.step, manifest, log)
         log(f"resumed from {resumed.uri} at step {start_step} (written by {resumed.trainer_state['world_size']} "
             f"workers; now {world_size})")
-    if resumed is not None:
         resumed.close()  # its local copies
     del resumed
 

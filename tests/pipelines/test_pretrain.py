@@ -42,7 +42,7 @@ def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     (root / "corpus.txt").write_text("\n".join(make_sentences(3000)) + "\n")
     run_prepare(PrepareConfig(inputs=[str(root / "corpus.txt")], output=str(root / "prepared"), seq_len=32,
-                              vocab_size=400), log=lambda _: None)
+                              vocab_size=400, executor="local"), log=lambda _: None)  # Ray's actors: tested elsewhere
     return str(root / "prepared")
 
 
