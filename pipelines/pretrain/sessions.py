@@ -57,7 +57,8 @@ class RayTrainSession:
 class ProcessSession:
     """A plain process: rank and world size from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), else a
     world of one. Each rank copies its shard to storage itself, synchronously; rank 0 adds the marker once all
-    have, then keeps the newest `keep`. There is no restart on failure: running the same command again resumes, as after any stop."""
+    have, then keeps the newest `keep`. There is no restart on failure: running the same command again resumes,
+    as after any stop."""
 
     uploads_in_background = False
 
@@ -93,9 +94,11 @@ class ProcessSession:
 
     @staticmethod
     def _copy(directory: str, target: str, names: list[str]) -> None:
+        """Streamed file by file (fsspec's put_file), not read into memory: a shard can be gigabytes."""
+        fs, path = storage.filesystem(target)
+        fs.makedirs(path, exist_ok=True)
         for name in names:
-            with open(os.path.join(directory, name), "rb") as handle:
-                storage.write_bytes(storage.join(target, name), handle.read())
+            fs.put_file(os.path.join(directory, name), f"{path.rstrip('/')}/{name}")
 
     def close(self) -> None:
         if dist.is_initialized():
