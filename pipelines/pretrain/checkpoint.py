@@ -20,6 +20,7 @@ dropout are functions of (seed, step, micro-batch).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -319,25 +320,15 @@ def _stream_checked(fs, source: str, target: str | None, uri: str, name: str) ->
     """(bytes, sha256) of a file read in blocks, written to `target` on the way when given."""
     digest, size = hashlib.sha256(), 0
     try:
-        with fs.open(source, "rb") as handle, (open(target, "wb") if target else _NoSink()) as sink:
+        with fs.open(source, "rb") as handle, (open(target, "wb") if target else contextlib.nullcontext()) as sink:
             for block in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(block)
-                sink.write(block)
+                if sink is not None:
+                    sink.write(block)
                 size += len(block)
     except FileNotFoundError:
         raise ValueError(f"{uri}: {name} is missing") from None
     return size, digest.hexdigest()
-
-
-class _NoSink:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *_):
-        return False
-
-    def write(self, _block) -> None:
-        pass
 
 
 def list_checkpoints(run_uri: str) -> list[str]:

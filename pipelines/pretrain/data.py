@@ -101,6 +101,7 @@ class NodeShardCache:
         return cls(os.path.join(tempfile.gettempdir(), "electra-shards", fingerprint), max_files)
 
     def read(self, uri: str, sha256: str) -> bytes:
+        """The shard's bytes, verified against `sha256` once (a mismatch from storage raises ValueError)."""
         path = os.path.join(self.directory, f"{sha256}.parquet")
         data = _verified_file(path, sha256)
         if data is not None:
@@ -110,12 +111,11 @@ class NodeShardCache:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
             data = _verified_file(path, sha256)  # another rank fetched it while this one waited
             if data is None:
-                data = storage.read_bytes(uri)
-                if hashlib.sha256(data).hexdigest() == sha256:  # a damaged download is not kept for the others
-                    partial = f"{path}.{os.getpid()}.partial"
-                    with open(partial, "wb") as handle:
-                        handle.write(data)
-                    os.replace(partial, path)
+                data = checked_shard(uri, storage.read_bytes(uri), sha256)  # a damaged download is not kept
+                partial = f"{path}.{os.getpid()}.partial"
+                with open(partial, "wb") as handle:
+                    handle.write(data)
+                os.replace(partial, path)
         self._evict()
         return data
 
@@ -129,6 +129,12 @@ class NodeShardCache:
                     os.unlink(stale)
                 except FileNotFoundError:
                     pass
+
+
+def checked_shard(uri: str, data: bytes, sha256: str) -> bytes:
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{uri}: checksum does not match the manifest; the dataset is damaged")
+    return data
 
 
 def _modified(path: str) -> float:
@@ -198,9 +204,10 @@ class ShardReader:
     def _load_shard(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         shard = self.shards[index]
         uri = storage.join(self.data_uri, shard["path"])
-        data = self.node_cache.read(uri, shard["sha256"]) if self.node_cache else storage.read_bytes(uri)
-        if hashlib.sha256(data).hexdigest() != shard["sha256"]:
-            raise ValueError(f"{uri}: checksum does not match the manifest; the dataset is damaged")
+        if self.node_cache:
+            data = self.node_cache.read(uri, shard["sha256"])  # checked against the manifest there
+        else:
+            data = checked_shard(uri, storage.read_bytes(uri), shard["sha256"])
         table = pq.read_table(io.BytesIO(data))
         return (_padded(table.column("input_ids"), self.seq_len, self.pad_token_id),
                 _padded(table.column("token_type_ids"), self.seq_len, 0),
