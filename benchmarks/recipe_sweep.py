@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 from electra_core import ElectraConfig, ElectraPretrainingModel, load_tokenizer, save_tokenizer  # noqa: E402
 from pipelines.config import FinetuneConfig, PretrainConfig, parse_override  # noqa: E402
-from pipelines.pretrain.loop import derived_seed, learning_rate, parameter_groups  # noqa: E402
+from pipelines.pretrain.step import derived_seed, learning_rate, parameter_groups  # noqa: E402
 from pipelines.pretrain.metrics import prior_loss, training_flops_per_token  # noqa: E402
 
 

@@ -53,14 +53,13 @@ def make_dataset(work: Path, seq_len: int) -> str:
 
 def plain_loop(data: str, args) -> float:
     """tokens/s of a single-process torch loop over the same samples in the same order."""
-    import numpy as np
     import torch
 
     from electra_core import ElectraConfig, ElectraPretrainingModel, load_tokenizer, special_token_ids
     from pipelines.config import PretrainConfig
     from pipelines.prepare.manifest import load_committed_dataset
-    from pipelines.pretrain.data import SampleOrder, ShardReader
-    from pipelines.pretrain.loop import derived_seed, learning_rate, parameter_groups
+    from pipelines.pretrain.data import RankBatches
+    from pipelines.pretrain.step import MicroBatchForward, learning_rate, parameter_groups
 
     torch.set_num_threads(args.threads)
     manifest = load_committed_dataset(data)
@@ -72,9 +71,12 @@ def plain_loop(data: str, args) -> float:
     model = ElectraPretrainingModel(model_config).train()
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.peak_lr,
                                   betas=(0.9, 0.999), eps=config.adam_epsilon, fused=True)  # as the pipeline's
-    order = SampleOrder([s["rows"] for s in manifest["shards"]], config.seed, config.shuffle_window)
-    reader = ShardReader(data, manifest["shards"], manifest["seq_len"], model_config.pad_token_id)
-    generator = torch.Generator()
+    # The pipeline's own data loader (no read-ahead: the plain loop reads on its training thread) and step.
+    batches = RankBatches(data, manifest, model_config.pad_token_id, seed=config.seed,
+                          shuffle_window=config.shuffle_window, global_batch=args.batch, micro_batch=args.batch,
+                          rank=0, world_size=1)
+    batches.start(range(args.steps), accumulation=1, prefetch=0, data_start=0)
+    forward = MicroBatchForward(model, model, config.seed, torch.device("cpu"))
     tokens = 0
     started = None
     for step in range(args.steps):
@@ -82,18 +84,14 @@ def plain_loop(data: str, args) -> float:
             tokens, started = 0, time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        batch = reader.batch(order, order.sample_ids(step * args.batch, args.batch))
-        batch = {k: torch.from_numpy(v) for k, v in batch.items()}
-        seed = derived_seed(config.seed, step, 0)
-        torch.manual_seed(seed)
-        generator.manual_seed(seed ^ 0x5DEECE66D)
+        batch, _ = batches.get(step, 0)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-            loss = model(**batch, rng=generator).loss
+            loss = forward(batch, step, index=0)[0].loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        tokens += int(np.asarray(batch["attention_mask"]).sum())
+        tokens += int(batch["attention_mask"].sum())
     return tokens / (time.perf_counter() - started)
 
 

@@ -298,3 +298,56 @@ class DirectBatches:
     def close(self) -> None:
         pass
 
+
+class RankBatches:
+    """The data loader of one rank: its micro-batches of every step, in the run's deterministic order.
+
+    Step s of a run that began reading this dataset at step `data_start` covers the run positions
+    [(s - data_start) * global_batch, ...); micro-batch m of rank r is the slice at (m * world_size + r) *
+    micro_batch of it. So the samples a step sees depend on the step alone, not on when the run was resumed or
+    on read-ahead: the prefetcher (`prefetch` > 0) only moves the reading off the training thread.
+    """
+
+    def __init__(self, data_uri: str, manifest: dict, pad_token_id: int, *, seed: int, shuffle_window: int,
+                 global_batch: int, micro_batch: int, rank: int, world_size: int):
+        self.order = SampleOrder([s["rows"] for s in manifest["shards"]], seed, shuffle_window)
+        # A shuffle window reads its shards interleaved, and read-ahead may reach into the next window: two
+        # windows. On object storage, a node's ranks share one download of each shard (a few windows on disk).
+        node_cache = NodeShardCache.for_dataset(data_uri, manifest["dataset_fingerprint"], 4 * shuffle_window)
+        self.reader = ShardReader(data_uri, manifest["shards"], manifest["seq_len"], pad_token_id,
+                                  cache_shards=2 * shuffle_window, node_cache=node_cache)
+        self.global_batch, self.micro_batch = global_batch, micro_batch
+        self.rank, self.world_size = rank, world_size
+        self.data_start = 0
+        self._batches: BatchPrefetcher | DirectBatches | None = None
+
+    def start(self, steps: range, accumulation: int, prefetch: int, data_start: int,
+              pin_memory: bool = False) -> None:
+        """Begin serving `steps` (read ahead `prefetch` micro-batches; 0 reads on the training thread)."""
+        self.data_start = data_start
+        self._batches = BatchPrefetcher(self.read_micro_batch, steps, accumulation, prefetch, pin_memory) \
+            if prefetch else DirectBatches(self.read_micro_batch)
+
+    def position(self, step: int) -> int:
+        """Samples of this dataset consumed before `step`."""
+        return (step - self.data_start) * self.global_batch
+
+    def epoch(self, steps_done: int) -> float:
+        return self.position(steps_done) / self.order.num_samples
+
+    def step_sample_ids(self, step: int) -> np.ndarray:
+        """Every sample of the step's global batch, all ranks together."""
+        return self.order.sample_ids(self.position(step), self.global_batch)
+
+    def read_micro_batch(self, step: int, micro: int) -> dict[str, np.ndarray]:
+        start = self.position(step) + (micro * self.world_size + self.rank) * self.micro_batch
+        return self.reader.batch(self.order, self.order.sample_ids(start, self.micro_batch))
+
+    def get(self, step: int, micro: int) -> tuple[dict[str, torch.Tensor], float]:
+        """(the tensors of this rank's micro-batch, seconds the training thread waited for them)."""
+        return self._batches.get(step, micro)
+
+    def close(self) -> None:
+        if self._batches is not None:
+            self._batches.close()
+

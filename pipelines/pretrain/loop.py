@@ -8,32 +8,29 @@ micro-batch), so a resumed run repeats an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import tempfile
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from electra_core import ElectraConfig, ElectraPretrainingModel, storage
-from electra_core.modeling import takes_weight_decay
 from electra_core.tokenizer import TOKENIZER_FILE, load_tokenizer, save_tokenizer
 from pipelines.config import PretrainConfig, saved_dict
 from pipelines.divergence import Diverged, NonFiniteGuard, record_divergence
 from pipelines.secrets import redact_text
 from pipelines.prepare.manifest import load_committed_dataset
 from pipelines.pretrain import checkpoint as checkpoints
+from pipelines.pretrain.checkpoint_manager import CheckpointManager
 from pipelines.pretrain.sessions import ProcessSession, RayTrainSession
-from pipelines.pretrain.data import BatchPrefetcher, DirectBatches, NodeShardCache, SampleOrder, ShardReader
+from pipelines.pretrain.data import RankBatches
 from pipelines.pretrain.parallelism import (clips_in_loop, deepspeed_config, effective_zero_stage,
-                                           register_parameters_read_outside_their_modules,
+                                           on_every_rank_if_on_any, register_parameters_read_outside_their_modules,
                                            skip_shared_memory_all_reduce_build)
-from pipelines.pretrain.metrics import (MetricsLog, discriminator_against_prior, peak_flops, prior_loss,
+from pipelines.pretrain.metrics import (MetricsLog, MetricsWindow, discriminator_against_prior, peak_flops,
                                        training_flops_per_token)
+from pipelines.pretrain.step import MicroBatchForward, gradient_norm, learning_rate, parameter_groups
 
 # What a worker tells the user goes through logging: Ray Train sends a worker's log records to the terminal and to
 # its worker log files. (A print came out twice under Train's print patch; see pipelines.ray_runtime.fit.)
@@ -70,33 +67,6 @@ class WorkerRun:
         }
 
 
-def derived_seed(*parts) -> int:
-    """A 63-bit seed from any values: stable across processes and machines (unlike hash())."""
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
-
-
-def learning_rate(config: PretrainConfig, step: int, segment_start: int = 0) -> float:
-    """Linear warmup to the peak, then linear decay to zero at max_steps (step counts from 0).
-
-    A run continued on new data (scheduled retraining) starts a segment at `segment_start`: the schedule
-    warms up again over the segment's own steps and decays to zero at its end, the same shape as a fresh run.
-    """
-    length = config.max_steps - segment_start
-    warmup = config.warmup_steps if config.warmup_steps is not None else min(10_000, length // 10)
-    local = step - segment_start
-    if local < warmup:
-        return config.peak_lr * (local + 1) / warmup
-    return config.peak_lr * max(0.0, (length - local) / max(1, length - warmup))
-
-
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only, not on biases and LayerNorm weights (as ELECTRA and BERT)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        (decay if takes_weight_decay(name) else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train's entry point on every worker."""
     train(loop_config, RayTrainSession())
@@ -123,25 +93,20 @@ def train(loop_config: dict, session) -> None:
     log = logger.info if rank == 0 else (lambda *_: None)
     torch.set_num_threads(config.cpus_per_worker)
     device = torch.device("cuda", torch.cuda.current_device()) if config.gpus_per_worker else torch.device("cpu")
-
-    # --- data: the committed dataset and its deterministic order ----------------------------------------
+    end_step = config.stop_at_step or config.max_steps
     manifest = load_committed_dataset(config.data)
-    order = SampleOrder([s["rows"] for s in manifest["shards"]], config.seed, config.shuffle_window)
-    # A shuffle window reads its shards interleaved, and read-ahead may reach into the next window: two windows.
-    # On object storage, a node's ranks share one download of each shard (a few windows kept on local disk).
-    node_cache = NodeShardCache.for_dataset(config.data, manifest["dataset_fingerprint"], 4 * config.shuffle_window)
-    reader = ShardReader(config.data, manifest["shards"], manifest["seq_len"], model_config.pad_token_id,
-                         cache_shards=2 * config.shuffle_window, node_cache=node_cache)
+    data = RankBatches(config.data, manifest, model_config.pad_token_id, seed=config.seed,
+                       shuffle_window=config.shuffle_window, global_batch=config.global_batch_size,
+                       micro_batch=config.micro_batch_size, rank=rank, world_size=world_size)
 
     # --- model: resume from the newest good checkpoint, else init_from, else fresh ----------------------
-    resumed = checkpoints.latest_good_checkpoint(run_uri, log=log)
+    saves = CheckpointManager(run_uri, config.checkpoint_every, end_step, log=log)
     torch.manual_seed(config.seed)
-    if config.init_from and resumed is None:
+    if config.init_from and saves.resumed is None:
         model = ElectraPretrainingModel.from_pretrained(config.init_from)
     else:
         model = ElectraPretrainingModel(model_config, _generator_config(config, model_config))
-    if resumed is not None:
-        checkpoints.load_module_weights(model, resumed)
+    saves.load_weights(model)
     model.to(device)
     # torch's fused AdamW: one kernel over every tensor (Small on 2 CPU threads: 9 ms a step against 35 ms for
     # the per-tensor default); ZeRO hands it its flat fp32 partitions, which it takes as well.
@@ -159,15 +124,8 @@ def train(loop_config: dict, session) -> None:
         # One rank has nothing to average: skip DeepSpeed's flatten, all-reduce and copy-back of every gradient.
         engine.enable_backward_allreduce = False
     clip_here = clips_in_loop(config, world_size)
-    start_step, data_start = 0, 0
-    if resumed is not None:
-        checkpoints.restore_optimizer_state(engine, resumed)
-        start_step = resumed.step
-        data_start = data_segment_start(resumed.trainer_state, resumed.step, manifest, log)
-        log(f"resumed from {resumed.uri} at step {start_step} (written by {resumed.trainer_state['world_size']} "
-            f"workers; now {world_size})")
-        resumed.close()  # its local copies
-    del resumed
+    start_step = saves.start_step
+    data_start = saves.restore_optimizer(engine, manifest, world_size)
 
     metrics = MetricsLog(run_uri, config.name, start_step, config.tracking_uri, saved_dict(loop_config["pretrain"])) \
         if rank == 0 else None
@@ -177,43 +135,26 @@ def train(loop_config: dict, session) -> None:
     flops_per_token = training_flops_per_token(model_config, manifest["seq_len"])
     peak = peak_flops()
     accumulation = config.gradient_accumulation_steps
-    generator = torch.Generator(device=device)
-    window = _Window()
+    forward = MicroBatchForward(engine, engine.module, config.seed, device)
+    window = MetricsWindow()
     guard = NonFiniteGuard(config.max_nonfinite_steps, device)
-    preemption_saved = False
     grad_norm = None
     diverged = None
 
     # --- training ----------------------------------------------------------------------------------------
-    end_step = config.stop_at_step or config.max_steps
-
-    def position(step: int) -> int:
-        return (step - data_start) * config.global_batch_size  # samples of this dataset consumed before `step`
-
-    def read_micro_batch(step: int, micro: int) -> dict[str, np.ndarray]:
-        start = position(step) + (micro * world_size + rank) * config.micro_batch_size  # this rank's slice
-        return reader.batch(order, order.sample_ids(start, config.micro_batch_size))
-
-    batches = BatchPrefetcher(read_micro_batch, range(start_step, end_step), accumulation, config.prefetch,
-                              pin_memory=device.type == "cuda") if config.prefetch else DirectBatches(read_micro_batch)
+    data.start(range(start_step, end_step), accumulation, config.prefetch, data_start,
+               pin_memory=device.type == "cuda")
     for step in range(start_step, end_step):
         logging_step = (step + 1) % config.log_every == 0 or step + 1 == end_step
         lr = learning_rate(config, step, data_start)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
         if config.record_sample_ids and rank == 0:
-            sample_log.add(step, order.sample_ids(position(step), config.global_batch_size))
+            sample_log.add(step, data.step_sample_ids(step))
         for micro in range(accumulation):
-            index = micro * world_size + rank  # this micro-batch's place in the global batch
-            batch, waited = batches.get(step, micro)
+            batch, waited = data.get(step, micro)
             window.data_wait += waited
-            padded = bool(batch["attention_mask"].min() == 0)  # decided on the host copy: no device sync
-            batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-            seed = derived_seed(config.seed, step, index)
-            torch.manual_seed(seed)  # dropout
-            generator.manual_seed(seed ^ 0x5DEECE66D)  # masking and sampling, drawn outside the (compiled) model
-            noise = engine.module.masking_noise(batch["input_ids"], generator)
-            output = engine(**batch, noise=noise, padded=padded)
+            output, batch = forward(batch, step, index=micro * world_size + rank)
             engine.backward(output.loss)
             boundary = micro == accumulation - 1  # gradients complete (and averaged across ranks)
             if clip_here and boundary:
@@ -225,10 +166,11 @@ def train(loop_config: dict, session) -> None:
             window.add(output, batch["attention_mask"])
 
         done = step + 1
+        preempted = False
         if logging_step:
             norm = grad_norm if clip_here else engine.get_global_grad_norm()  # before clipping, either way
             record = window.record(done, lr, None if norm is None else float(norm), world_size, flops_per_token, peak,
-                                   (done - data_start) * config.global_batch_size / order.num_samples)
+                                   data.epoch(done))
             record["skipped_steps"], gave_up = guard.read()
             if metrics is not None:
                 metrics.log(record)
@@ -236,15 +178,10 @@ def train(loop_config: dict, session) -> None:
                 diverged = Diverged(done, guard.limit)
                 break
             preempted = on_every_rank_if_on_any(session.preemption_notice(), world_size)
-            if preempted and not preemption_saved and done % config.checkpoint_every:
-                log(f"preemption notice: saving a checkpoint at step {done} before the node goes")
-                window.started += save_checkpoint(engine, run, done, record)
-                preemption_saved = True
-        if done % config.checkpoint_every == 0 or done == end_step:
-            blocked = save_checkpoint(engine, run, done, window.last_record)
-            window.started += blocked  # throughput figures count training only; the stall is logged apart
+        # throughput figures count training only; the stall is logged apart
+        window.started += saves.after_step(engine, run, done, preempted, window.last_record)
 
-    batches.close()
+    data.close()
 
     # --- export ------------------------------------------------------------------------------------------
     if diverged is not None:
@@ -262,103 +199,11 @@ def train(loop_config: dict, session) -> None:
         metrics.close()
 
 
-def data_segment_start(trainer_state: dict, step: int, manifest: dict, log) -> int:
-    """The step at which the run began reading the current dataset.
-
-    Unchanged dataset: the checkpoint's own segment start, so the position in the data is exact. A dataset
-    that changed since the checkpoint (new files from an incremental prepare, scheduled retraining) starts a
-    new segment here: the new data is read from its first sample in its (seed, epoch) order.
-    """
-    if trainer_state["dataset_fingerprint"] == manifest["dataset_fingerprint"]:
-        return trainer_state.get("data_start_step", 0)
-    log(f"the dataset changed since step {step} (fingerprint {trainer_state['dataset_fingerprint']} -> "
-        f"{manifest['dataset_fingerprint']}): continuing from the checkpoint on the new data from its first sample")
-    return step
-
-
-def gradient_norm(parameters, max_norm: float) -> torch.Tensor:
-    """The global gradient norm (before clipping), clipping to max_norm when it is positive: 0 means no
-    clipping, as in DeepSpeed's gradient_clipping (torch's clip to 0 would zero every gradient)."""
-    if max_norm > 0:
-        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-    return torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
-
-
-def collective_device() -> str:
-    return "cuda" if dist.get_backend() == "nccl" else "cpu"
-
-
-def on_every_rank_if_on_any(flag: bool, world_size: int) -> bool:
-    """True on every rank when true on any. Ray fans a preemption notice out to each worker separately, so
-    ranks can see it a step apart; a checkpoint is a collective, and all ranks must start it at the same step."""
-    if world_size == 1 or not dist.is_initialized():
-        return flag
-    seen = torch.tensor([int(flag)], dtype=torch.int32, device=collective_device())
-    dist.all_reduce(seen, op=dist.ReduceOp.MAX)
-    return bool(seen.item())
-
-
 def _generator_config(config: PretrainConfig, model_config: ElectraConfig) -> ElectraConfig | None:
     """A run continued from init_from keeps that generator's shape (it may not follow the size fraction)."""
     if not config.init_from:
         return None
     return ElectraConfig.load(storage.join(config.init_from, "generator"))
-
-
-class _Window:
-    """Sums of the statistics since the last log line (rank 0's micro-batches; tokens over all ranks)."""
-
-    def __init__(self) -> None:
-        self.reset()
-        self.last_record: dict = {}
-
-    def reset(self) -> None:
-        self.names: tuple[str, ...] = ()
-        self.sums: torch.Tensor | None = None
-        self.tokens: torch.Tensor | int = 0
-        self.micro_batches = 0
-        self.finite_micro_batches: torch.Tensor | int = 0
-        self.samples = 0
-        self.data_wait = 0.0  # seconds the training thread waited for its batches
-        self.started = time.perf_counter()
-
-    def add(self, output, attention_mask: torch.Tensor) -> None:
-        # Summed on the device and read once per log line: no host sync in the training step.
-        # A micro-batch whose loss was inf or NaN (its step is skipped) is left out of the averages.
-        self.names, values = output.statistics()
-        finite = torch.isfinite(values).all()
-        values = torch.where(finite, values, torch.zeros_like(values))
-        self.sums = values if self.sums is None else self.sums + values
-        self.finite_micro_batches = self.finite_micro_batches + finite.long()
-        self.tokens = self.tokens + attention_mask.sum()
-        self.micro_batches += 1
-        self.samples += attention_mask.shape[0]
-
-    def record(self, step: int, lr: float, grad_norm: float | None, world_size: int, flops_per_token: float,
-               peak: float | None, epoch: float) -> dict:
-        elapsed = time.perf_counter() - self.started
-        totals = torch.tensor([float(self.tokens), self.samples], dtype=torch.float64)
-        if dist.is_initialized() and world_size > 1:
-            totals = totals.to(collective_device())
-            dist.all_reduce(totals)
-        tokens, samples = totals.cpu().tolist()
-        record = {
-            "step": step,
-            **dict(zip(self.names, (self.sums / self.finite_micro_batches).tolist())),
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "tokens_per_s": tokens / elapsed,
-            "samples_per_s": samples / elapsed,
-            "epoch": epoch,
-            "data_wait_s": self.data_wait,
-        }
-        if "replaced_fraction" in record:
-            record["discriminator_prior_loss"] = prior_loss(record["replaced_fraction"])
-        if peak:
-            record["mfu"] = tokens / elapsed * flops_per_token / (peak * world_size)
-        self.last_record = record
-        self.reset()
-        return record
 
 
 class _SampleLog:
@@ -381,38 +226,6 @@ class _SampleLog:
     def flush(self) -> None:
         if self.enabled:
             storage.write_text(self.uri, "\n".join(self.lines) + "\n")
-
-
-def save_checkpoint(engine, run: WorkerRun, step: int, record: dict) -> float:
-    """Every rank gathers and writes its own shard locally, rank 0 adds the marker listing all of them, and the
-    session commits each rank's directory (Ray Train uploads them in the background, into one checkpoint).
-    Returns the seconds training was blocked."""
-    started = time.perf_counter()
-    params, moments, optimizer_step = checkpoints.gather_state_shard(engine, run.rank, run.world_size)
-    directory = tempfile.mkdtemp(prefix="electra-checkpoint-")
-    listing = checkpoints.write_shard(directory, run.rank, run.world_size, params, moments)
-    del params, moments
-    listings = [None] * run.world_size
-    if run.world_size > 1:
-        dist.all_gather_object(listings, listing)
-    else:
-        listings = [listing]
-    if run.rank == 0:
-        checkpoints.write_marker(directory, run.trainer_state(step, optimizer_step), listings)
-        if run.metrics is not None:
-            run.metrics.flush()
-        run.sample_log.flush()
-    blocked = time.perf_counter() - started
-    run.session.commit_checkpoint(
-        directory, step, {**{k: v for k, v in record.items() if v is not None}, "step": step,
-                          "checkpoint_blocked_s": blocked})
-    blocked = time.perf_counter() - started
-    if run.rank == 0:
-        upload = " (upload continues in the background)" if run.session.uploads_in_background else ""
-        logger.info(f"checkpoint at step {step}: training blocked {blocked:.2f} s{upload}")
-        if run.metrics is not None:
-            run.metrics.note(step, checkpoint_blocked_s=blocked)
-    return blocked
 
 
 def export(engine, run: WorkerRun) -> None:

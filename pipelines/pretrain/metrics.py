@@ -6,8 +6,13 @@ import json
 import logging
 import math
 import os
+import time
+
+import torch
+import torch.distributed as dist
 
 from electra_core import ElectraConfig, storage
+from pipelines.pretrain.parallelism import collective_device
 
 logger = logging.getLogger(__name__)
 
@@ -183,3 +188,59 @@ def _start_mlflow(tracking_uri: str | None, run_name: str, params: dict):
         mlflow.start_run(run_name=run_name, tags={"electra_run": run_name})
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
     return mlflow
+
+
+class MetricsWindow:
+    """Sums of the statistics since the last log line (rank 0's micro-batches; tokens over all ranks)."""
+
+    def __init__(self) -> None:
+        self.reset()
+        self.last_record: dict = {}
+
+    def reset(self) -> None:
+        self.names: tuple[str, ...] = ()
+        self.sums: torch.Tensor | None = None
+        self.tokens: torch.Tensor | int = 0
+        self.micro_batches = 0
+        self.finite_micro_batches: torch.Tensor | int = 0
+        self.samples = 0
+        self.data_wait = 0.0  # seconds the training thread waited for its batches
+        self.started = time.perf_counter()
+
+    def add(self, output, attention_mask: torch.Tensor) -> None:
+        # Summed on the device and read once per log line: no host sync in the training step.
+        # A micro-batch whose loss was inf or NaN (its step is skipped) is left out of the averages.
+        self.names, values = output.statistics()
+        finite = torch.isfinite(values).all()
+        values = torch.where(finite, values, torch.zeros_like(values))
+        self.sums = values if self.sums is None else self.sums + values
+        self.finite_micro_batches = self.finite_micro_batches + finite.long()
+        self.tokens = self.tokens + attention_mask.sum()
+        self.micro_batches += 1
+        self.samples += attention_mask.shape[0]
+
+    def record(self, step: int, lr: float, grad_norm: float | None, world_size: int, flops_per_token: float,
+               peak: float | None, epoch: float) -> dict:
+        elapsed = time.perf_counter() - self.started
+        totals = torch.tensor([float(self.tokens), self.samples], dtype=torch.float64)
+        if dist.is_initialized() and world_size > 1:
+            totals = totals.to(collective_device())
+            dist.all_reduce(totals)
+        tokens, samples = totals.cpu().tolist()
+        record = {
+            "step": step,
+            **dict(zip(self.names, (self.sums / self.finite_micro_batches).tolist())),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens / elapsed,
+            "samples_per_s": samples / elapsed,
+            "epoch": epoch,
+            "data_wait_s": self.data_wait,
+        }
+        if "replaced_fraction" in record:
+            record["discriminator_prior_loss"] = prior_loss(record["replaced_fraction"])
+        if peak:
+            record["mfu"] = tokens / elapsed * flops_per_token / (peak * world_size)
+        self.last_record = record
+        self.reset()
+        return record

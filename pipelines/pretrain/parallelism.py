@@ -8,6 +8,7 @@ precision that a GPU cluster uses is exercised by the tests here.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from pipelines.config import PretrainConfig
 
@@ -88,3 +89,17 @@ def register_parameters_read_outside_their_modules(model: torch.nn.Module) -> in
             deepspeed.zero.register_external_parameter(module, parameter)
             count += 1
     return count
+
+
+def collective_device() -> str:
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"
+
+
+def on_every_rank_if_on_any(flag: bool, world_size: int) -> bool:
+    """True on every rank when true on any. Ray fans a preemption notice out to each worker separately, so
+    ranks can see it a step apart; a checkpoint is a collective, and all ranks must start it at the same step."""
+    if world_size == 1 or not dist.is_initialized():
+        return flag
+    seen = torch.tensor([int(flag)], dtype=torch.int32, device=collective_device())
+    dist.all_reduce(seen, op=dist.ReduceOp.MAX)
+    return bool(seen.item())

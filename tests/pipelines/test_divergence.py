@@ -64,7 +64,7 @@ def test_the_driver_turns_a_workers_record_into_one_line_naming_the_setting(tmp_
 
 
 def test_the_norm_the_guard_reads_clips_when_asked_and_grad_clip_0_leaves_gradients_alone():
-    from pipelines.pretrain.loop import gradient_norm
+    from pipelines.pretrain.step import gradient_norm
 
     model, _ = model_and_optimizer()
     for param in model.parameters():

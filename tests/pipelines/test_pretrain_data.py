@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from pipelines.pretrain.data import BatchPrefetcher, DirectBatches
 
@@ -89,6 +90,66 @@ def test_a_batch_across_many_shards_reads_them_together_and_a_small_cache_still_
     assert len(reader._cache) == len(set(shards.tolist()))  # all kept while the batch needed them
     reader.batch(order, order.sample_ids(64, 4))
     assert len(reader._cache) <= max(2, len(set(order.locate(order.sample_ids(64, 4))[0].tolist())))
+
+
+# --- the loader of one rank -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def local_dataset(tmp_path_factory):
+    from pipelines.config import PrepareConfig
+    from pipelines.prepare import run_prepare
+    from pipelines.prepare.manifest import load_committed_dataset
+    from tests.pipelines.conftest import make_sentences
+
+    work = tmp_path_factory.mktemp("loader")
+    (work / "corpus.txt").write_text("\n".join(make_sentences(400)))
+    run_prepare(PrepareConfig(inputs=[str(work / "corpus.txt")], output=str(work / "prepared"), seq_len=32,
+                              vocab_size=300, shard_rows=16, executor="local"), log=lambda _: None)
+    return str(work / "prepared"), load_committed_dataset(str(work / "prepared"))
+
+
+def rank_batches(dataset, rank=0, world_size=1, micro_batch=4):
+    from pipelines.pretrain.data import RankBatches
+
+    uri, manifest = dataset
+    return RankBatches(uri, manifest, 0, seed=3, shuffle_window=4, global_batch=micro_batch * world_size * 2,
+                       micro_batch=micro_batch, rank=rank, world_size=world_size)
+
+
+def test_the_ranks_micro_batches_are_the_steps_global_batch_in_order(local_dataset):
+    ranks = [rank_batches(local_dataset, rank, world_size=2) for rank in range(2)]
+    whole = rank_batches(local_dataset, world_size=2)
+    for loader in ranks:
+        loader.start(range(5), accumulation=2, prefetch=2, data_start=0)
+    for step in range(5):
+        # micro-batch m of rank r is slice m * world_size + r of the global batch
+        pieces = [ranks[rank].get(step, micro)[0]["input_ids"] for micro in range(2) for rank in range(2)]
+        expected = whole.reader.batch(whole.order, whole.step_sample_ids(step))["input_ids"]
+        assert np.array_equal(np.concatenate([piece.numpy() for piece in pieces]), expected)
+    for loader in ranks:
+        loader.close()
+
+
+def test_a_loader_started_at_a_later_step_serves_what_an_uninterrupted_one_did(local_dataset):
+    uninterrupted, resumed = rank_batches(local_dataset), rank_batches(local_dataset)
+    uninterrupted.start(range(0, 8), accumulation=2, prefetch=0, data_start=0)
+    resumed.start(range(5, 8), accumulation=2, prefetch=3, data_start=0)
+    for step in range(8):
+        for micro in range(2):
+            first = uninterrupted.get(step, micro)[0]
+            if step >= 5:
+                again = resumed.get(step, micro)[0]
+                assert all(torch.equal(first[key], again[key]) for key in first)
+    uninterrupted.close(), resumed.close()
+
+
+def test_a_new_data_segment_reads_the_dataset_from_its_first_sample(local_dataset):
+    fresh, continued = rank_batches(local_dataset), rank_batches(local_dataset)
+    fresh.start(range(0, 2), accumulation=2, prefetch=0, data_start=0)
+    continued.start(range(40, 42), accumulation=2, prefetch=0, data_start=40)  # scheduled retraining on new data
+    assert continued.epoch(41) == fresh.epoch(1)
+    for step in range(2):
+        assert torch.equal(fresh.get(step, 0)[0]["input_ids"], continued.get(40 + step, 0)[0]["input_ids"])
 
 
 # --- shards shared by the ranks of a node ----------------------------------------------------------------------

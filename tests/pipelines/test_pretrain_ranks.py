@@ -8,7 +8,7 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pipelines.pretrain.loop import on_every_rank_if_on_any
+from pipelines.pretrain.parallelism import on_every_rank_if_on_any
 
 
 def _decide(rank: int, store: str, flags: list[bool], out: str) -> None:
