@@ -1,10 +1,13 @@
 """One point of the recipe search: pretrain one configuration in one process, fine-tune it and a scratch
 encoder of the same shape on labeled tasks over several seeds, and append the result to a JSONL file.
 
-The step is the pipeline's: electra_core's model, the pipeline's AdamW, weight-decay rule, clipping and
-warmup-then-linear-decay schedule (pipelines.pretrain.loop), and fine-tuning through the pipeline's own
+The step is the pipeline's: electra_core's model, the pipeline's forward (pipelines.pretrain.step: seeds, masking
+draw, padding decision), AdamW, weight-decay rule, clipping and warmup-then-linear-decay schedule, and fine-tuning through the pipeline's own
 `train_trial` (pipelines.finetune.loop), the function each Ray Train worker runs. Only Ray and DeepSpeed are
 left out, so that many configurations fit on two cores; a sweep winner is then checked through `electra run`.
+
+`--device cuda` runs it on a GPU (benchmarks/gpu_check.sh, with `--data`: a dataset prepared here and carried, since
+the GPU machine has no Ray to prepare one).
 
 Budgets are counted in training FLOPs (pipelines.pretrain.metrics.training_flops_per_token times the tokens
 of every step, pads included), or given in minutes of this process's wall time; both are recorded.
@@ -37,7 +40,7 @@ import torch  # noqa: E402
 
 from electra_core import ElectraConfig, ElectraPretrainingModel, load_tokenizer, save_tokenizer  # noqa: E402
 from pipelines.config import FinetuneConfig, PretrainConfig, parse_override  # noqa: E402
-from pipelines.pretrain.step import derived_seed, learning_rate, parameter_groups  # noqa: E402
+from pipelines.pretrain.step import MicroBatchForward, learning_rate, parameter_groups  # noqa: E402
 from pipelines.pretrain.metrics import prior_loss, training_flops_per_token  # noqa: E402
 
 
@@ -91,6 +94,7 @@ def model_config(args, data: str) -> ElectraConfig:
 def pretrain(config: ElectraConfig, rows: dict, args) -> tuple[ElectraPretrainingModel, dict]:
     """The pipeline's step in one process; returns the model and what the run did."""
     torch.manual_seed(args.seed)
+    device = torch.device(args.device)
     model = ElectraPretrainingModel(config).train()
     if args.unigram_bias:
         # The generator starts out sampling words at their corpus frequency instead of uniformly.
@@ -103,8 +107,10 @@ def pretrain(config: ElectraConfig, rows: dict, args) -> tuple[ElectraPretrainin
     schedule = PretrainConfig(data="-", name="sweep", preset="tiny", max_steps=steps or 1_000_000,
                               lr=args.lr, warmup_steps=None, global_batch_size=args.batch, micro_batch_size=args.batch,
                               weight_decay=args.weight_decay)
+    model.to(device)
     optimizer = torch.optim.AdamW(parameter_groups(model, schedule.weight_decay), lr=args.lr, betas=(0.9, 0.999),
                                   eps=schedule.adam_epsilon, fused=True)
+    forward = MicroBatchForward(model, model, args.seed, device)
     bf16 = args.precision == "bf16"
     disc_loss_weight = config.disc_loss_weight  # the target of --disc-warmup's ramp
     count = rows["input_ids"].shape[0]
@@ -112,7 +118,6 @@ def pretrain(config: ElectraConfig, rows: dict, args) -> tuple[ElectraPretrainin
     order = order_rng.permutation(count)
     cursor, step, records = 0, 0, []
     window = []
-    generator = torch.Generator()
     started = time.perf_counter()
     budget_s = args.minutes * 60 if args.minutes else None
     while True:
@@ -134,16 +139,13 @@ def pretrain(config: ElectraConfig, rows: dict, args) -> tuple[ElectraPretrainin
         index = torch.from_numpy(order[cursor: cursor + args.batch])
         cursor += args.batch
         batch = {k: v[index] for k, v in rows.items()}
-        seed = derived_seed(args.seed, step, 0)
-        torch.manual_seed(seed)
-        generator.manual_seed(seed ^ 0x5DEECE66D)
         if args.temperature_from:  # Fast-ELECTRA's curriculum (Dong et al. 2024): smooth samples first, then 1
             progress = step / steps if steps else (time.perf_counter() - started) / budget_s
             config.sampling_temperature = args.temperature_from + (1.0 - args.temperature_from) * min(1.0, progress)
         if args.disc_warmup:  # the discriminator's weight ramps up from 0 while the generator gets past random
             config.disc_loss_weight = disc_loss_weight * min(1.0, step / max(1, args.disc_warmup * (steps or 1)))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            output = model(**batch, rng=generator)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            output, _ = forward(batch, step, index=0)
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         if args.clip:
@@ -216,7 +218,7 @@ def use_relative_lr() -> None:
 
 
 def finetune_values(model_dir: str, start: str, task, names, recipe: FinetuneConfig, seeds: int,
-                    reinit_layers: int = 0, rescale: bool = False) -> list[float]:
+                    reinit_layers: int = 0, rescale: bool = False, device: str = "cpu") -> list[float]:
     from pipelines.finetune.loop import build_classifier, train_trial
 
     values = []
@@ -225,8 +227,8 @@ def finetune_values(model_dir: str, start: str, task, names, recipe: FinetuneCon
         if start == "pretrained" and reinit_layers:  # fresh top layers (Zhang et al. 2021, few-sample fine-tuning)
             for layer in model.electra.encoder.layer[-reinit_layers:]:
                 layer.apply(model._init_module)
-        result = train_trial(model, task, recipe, seed, start=start, num_layers=model.config.num_hidden_layers,
-                             keep_state=False)
+        result = train_trial(model.to(device), task, recipe, seed, start=start,
+                             num_layers=model.config.num_hidden_layers, device=device, keep_state=False)
         values.append(round(result.value, 4))
     return values
 
@@ -254,7 +256,9 @@ def read_results(path: Path) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", nargs="+", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", nargs="+", help="text to prepare (with `electra prepare`, cached)")
+    source.add_argument("--data", help="a dataset prepared before (a directory with _manifest.json)")
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--task", action="append", required=True, metavar="NAME=TRAIN,EVAL,METRIC")
@@ -280,6 +284,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--ft-lr", type=float, default=3e-3)
@@ -311,14 +316,19 @@ def main() -> None:
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    corpus = [str(Path(c).resolve()) for c in args.corpus]
-    data = prepared_dataset(corpus, args.vocab_size, args.seq_len, cache, {})
+    if args.data:
+        data = str(Path(args.data).resolve())
+        corpus = json.loads((Path(data) / "_manifest.json").read_text())["config"].get("inputs") or [data]
+    else:
+        corpus = [str(Path(c).resolve()) for c in args.corpus]
+        data = prepared_dataset(corpus, args.vocab_size, args.seq_len, cache, {})
     config = model_config(args, data)
     work = Path(tempfile.mkdtemp(prefix=f"{args.tag or 'sweep'}-", dir=cache))
     model_dir = args.reuse or str(work / "discriminator")
     record = {"time": time.strftime("%Y-%m-%d %H:%M"), "tag": args.tag, "corpus": [Path(c).name for c in corpus],
               "vocab_size": args.vocab_size, "seq_len": args.seq_len, "preset": args.preset, "set": args.set,
-              "objective": args.objective, "precision": args.precision, "threads": args.threads, "lr": args.lr,
+              "objective": args.objective, "precision": args.precision, "threads": args.threads, "device": args.device,
+              "lr": args.lr,
               "warmup": args.warmup, "clip": args.clip, "unigram_bias": args.unigram_bias, "weight_decay": args.weight_decay, "disc_warmup": args.disc_warmup, "temperature_from": args.temperature_from, "finetune_dropout": args.finetune_dropout, "batch": args.batch, "budget": {"flops": args.flops, "minutes": args.minutes, "steps": args.steps}}
     print(f"# {args.tag}: {json.dumps({k: record[k] for k in ('preset', 'set', 'objective', 'precision', 'lr', 'budget')})}",
           flush=True)
@@ -358,7 +368,8 @@ def main() -> None:
                                                                  math.ceil(args.ft_min_steps / steps_per_epoch)))
             key = scratch_key(model_dir, spec, labels, recipe, args.seeds)
             if key not in known:
-                known[key] = finetune_values(model_dir, "scratch", task, names, recipe, args.seeds)
+                known[key] = finetune_values(model_dir, "scratch", task, names, recipe, args.seeds,
+                                             device=args.device)
                 with results_path.open("a") as handle:
                     handle.write(json.dumps({"kind": "scratch", "key": key, "task": name, "labels": labels,
                                              "values": known[key]}) + "\n")
@@ -366,7 +377,7 @@ def main() -> None:
             entry = {"epochs": recipe.epochs, "scratch": scratch, "scratch_mean": round(float(np.mean(scratch)), 4)}
             if args.objective != "none":
                 pretrained = finetune_values(model_dir, "pretrained", task, names, recipe, args.seeds,
-                                             args.ft_reinit_layers, args.ft_rescale_embeddings)
+                                             args.ft_reinit_layers, args.ft_rescale_embeddings, args.device)
                 entry.update(pretrained=pretrained, mean=round(float(np.mean(pretrained)), 4),
                              gain=round(float(np.mean(pretrained) - np.mean(scratch)), 4))
             tasks[f"{name}@{labels}"] = entry

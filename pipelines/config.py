@@ -145,8 +145,11 @@ class PretrainConfig:
     """0 trains on CPU over gloo in fp32; 1 trains on one GPU per worker over NCCL."""
     cpus_per_worker: int = 1
     """CPUs reserved for each worker; its torch uses as many threads."""
-    zero_stage: int = 2
-    """DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3; a single worker always runs stage 0."""
+    zero_stage: int | None = None
+    """DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3. Unset: the fastest measured for every preset
+    (benchmarks/zero_stages.py), 0 in fp32 and 1 (DeepSpeed's BF16 optimizer, state sharded) in bf16 and fp16.
+    Stages 2 and 3 save memory at a cost in speed; no preset needs them to fit. A single worker runs stage 0
+    in fp32 (nothing to shard) and stage 1 in bf16."""
     precision: str = "auto"
     """fp32, bf16 or fp16 (GPUs only). auto: bf16 on GPUs, and on CPUs whose instruction set has bf16 matrix
     arithmetic (avx512_bf16 or amx_bf16 in /proc/cpuinfo on the driver), else fp32. bf16 and fp16 are
@@ -209,7 +212,7 @@ class PretrainConfig:
             raise ValueError(f"objective must be electra or mlm, got {self.objective!r}")
         if self.launcher not in ("ray", "local"):
             raise ValueError(f"launcher must be ray or local, got {self.launcher!r}")
-        if self.zero_stage not in (0, 1, 2, 3):
+        if self.zero_stage not in (None, 0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")

@@ -18,8 +18,16 @@ def effective_zero_stage(config: PretrainConfig, world_size: int) -> int:
     shard and only adds copies (measured: 0.80 of a plain loop's speed at stage 2 against 0.95 at stage 0 on one
     CPU worker), so one rank runs stage 0. In bf16, stage 0 would be DeepSpeed's DDP_BFLOAT16: bf16 gradients
     and an optimizer stepping bf16 weights, with no fp32 master copy; stage 1 is its BF16 optimizer (fp32
-    masters, moments and gradient accumulation, sharded over the ranks), so bf16 runs at least stage 1."""
-    stage = config.zero_stage if world_size > 1 else 0
+    masters, moments and gradient accumulation, sharded over the ranks), so bf16 runs at least stage 1.
+
+    Unset, the stage is the fastest that benchmarks/zero_stages.py measured on 2 CPU ranks for the presets tiny
+    to Base: stage 0 in fp32, stage 1 in mixed precision. Stage 3 was 8-66% slower everywhere, stage 2 up to 22%
+    slower from mini up (within the noise at tiny). (On GPUs,
+    ZeRO-1's reduce-scatter and all-gather move the bytes of plain data parallelism's all-reduce, and Base's
+    fp32 master weights and moments, 1.3 GB, fit any data-center GPU whole.)"""
+    mixed = config.resolved_precision in ("bf16", "fp16")
+    asked = config.zero_stage if config.zero_stage is not None else int(mixed)
+    stage = asked if world_size > 1 else 0
     return max(stage, 1) if config.resolved_precision == "bf16" else stage
 
 

@@ -33,8 +33,10 @@ from tests.pipelines.conftest import make_sentences
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 # fp32 unless a test says otherwise: "auto" would make the suite depend on the CPU (bf16 where it has bf16 units).
+# ZeRO-2 unless a test says otherwise (the default, stage 0 in fp32, is run by the init_from test).
 SETTINGS = dict(preset="tiny", workers=2, global_batch_size=16, micro_batch_size=4, max_steps=12,
-                checkpoint_every=4, keep_checkpoints=3, log_every=2, seed=3, record_sample_ids=True, precision="fp32")
+                checkpoint_every=4, keep_checkpoints=3, log_every=2, seed=3, record_sample_ids=True, precision="fp32",
+                zero_stage=2)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +134,7 @@ def test_init_from_continues_from_an_exported_pair(dataset, uninterrupted, tmp_p
     storage_root, result, _ = uninterrupted
     export = os.path.dirname(result["export"]["discriminator"])
     pretrain(dataset, tmp_path, "continued", init_from=export, max_steps=4, record_sample_ids=False,
-             zero_stage=0)  # plain data parallelism on 2 workers
+             zero_stage=None)  # the default: plain data parallelism in fp32 on 2 workers
     first_continued = json.loads((tmp_path / "continued" / "metrics.jsonl").read_text().splitlines()[0])
     first_fresh = json.loads((storage_root / "reference" / "metrics.jsonl").read_text().splitlines()[0])
     assert first_continued["step"] == first_fresh["step"] == 2
