@@ -602,7 +602,7 @@ def test_strict_mode_exits_2_before_committing(tmp_path, capsys):
 
 
 def test_a_giant_line_without_newline_is_split_with_bounded_memory(tmp_path):
-    """A 50 MB line, read in bounded pieces: peak Python memory stays far below the file's size."""
+    """A 20 MB line, read in bounded pieces: peak Python memory stays well below what a whole-line read holds."""
     import random
     import tracemalloc
 
@@ -613,7 +613,7 @@ def test_a_giant_line_without_newline_is_split_with_bounded_memory(tmp_path):
     rng = random.Random(0)
     words = [f"w{rng.randint(0, 999)}" for _ in range(2000)]
     with open(tmp_path / "giant.txt", "w") as handle:
-        while handle.tell() < 50_000_000:
+        while handle.tell() < 20_000_000:
             handle.write(" ".join(words) + " ")
     size = (tmp_path / "giant.txt").stat().st_size
     tokenizer = electra_core.train_tokenizer([" ".join(words)], vocab_size=1200)
@@ -628,7 +628,7 @@ def test_a_giant_line_without_newline_is_split_with_bounded_memory(tmp_path):
     assert (result["status"], result["reason"]) == ("read", None)
     assert result["bytes_read"] == size
     assert result["tokens"] > size / 6
-    assert peak < 80_000_000  # the file is 50 MB of text; a whole-line read would hold several times that
+    assert peak < 1.6 * size  # a whole-line read would hold several times the file's size
 
 
 def test_missing_input_exits_2_naming_it_before_any_work(tmp_path, capsys):
