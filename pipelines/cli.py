@@ -22,7 +22,9 @@ STAGES = {
     "prepare": ("PrepareConfig", "tokenize raw text into Parquet shards (on Ray actors, or local processes without a cluster)"),
     "pretrain": ("PretrainConfig", "pretrain ELECTRA with Ray Train + DeepSpeed ZeRO"),
     "finetune": ("FinetuneConfig", "fine-tune a pretrained discriminator on a labeled task"),
+    "export": ("ExportConfig", "export a fine-tuned classifier to ONNX (fp32 or int8) that runs without torch"),
 }
+RAY_STAGES = ("prepare", "pretrain", "finetune")
 
 
 def stage_config_class(command: str) -> type:
@@ -73,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         stage.add_argument("--config", metavar="FILE", help="pipeline config (YAML); this command reads its section")
         stage.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                            help="override a config field, e.g. --set seq_len=256 (repeatable)")
-        stage.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+        if command in RAY_STAGES:
+            stage.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
 
     run = commands.add_parser("run", help="prepare, pretrain, finetune and register as one pipeline; stages whose "
                                           "outputs are up to date are skipped")
@@ -102,6 +105,10 @@ def run_command(args: argparse.Namespace) -> None:
         from pipelines.pretrain import run_pretrain
 
         run_pretrain(config, address=args.address)
+    elif args.command == "export":
+        from pipelines.deploy.export import run_export
+
+        run_export(config)
     else:
         from pipelines.finetune import run_finetune
 

@@ -366,6 +366,30 @@ class FinetuneConfig:
 
 
 @dataclass
+class ExportConfig:
+    """`electra export`: a fine-tuned classifier as an ONNX model that runs with onnxruntime and tokenizers alone."""
+
+    model: str = ""
+    """A fine-tune output directory, or a registered version: models:/NAME@ALIAS or models:/NAME/VERSION."""
+    output: str = ""
+    """Directory for model.onnx, the tokenizer files, config.json (with id2label) and export.json."""
+    quantize: str = "none"
+    """none (fp32) or int8: ONNX Runtime's dynamic quantization (int8 weights, activations quantized per batch)."""
+    max_seq_len: int | None = None
+    """Longer inputs are truncated to this many tokens, as in training; default: the fine-tune's max_seq_len."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI for models:/ URIs (default: MLFLOW_TRACKING_URI, else the embedded store under outputs/)."""
+    opset: int = 17
+    """ONNX opset of the exported graph."""
+
+    def __post_init__(self) -> None:
+        if self.quantize not in ("none", "int8"):
+            raise ValueError(f"quantize must be none or int8, got {self.quantize!r}")
+        if self.max_seq_len is not None and self.max_seq_len < 2:
+            raise ValueError(f"max_seq_len must be at least 2, got {self.max_seq_len}")
+
+
+@dataclass
 class PipelineConfig:
     """`electra run`: the `pipeline:` section, which ties the stages together.
 

@@ -331,40 +331,6 @@ def test_metrics_match_hand_computed_values():
 # ----------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` with a SQLite backend on 127.0.0.1; yields its URL."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    root = tmp_path_factory.mktemp("mlflow")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        server.kill()
-        raise RuntimeError("mlflow server did not start")
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
-
-
 @pytest.mark.usefixtures("local_ray")
 def test_registered_versions_are_promoted_only_on_improvement_and_answer_through_pyfunc(
         model_dir, tmp_path, mlflow_server, capsys, monkeypatch):
