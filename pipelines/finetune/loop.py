@@ -273,16 +273,28 @@ def pretraining_gain(pretrained: list[TrialResult], scratch: list[TrialResult]) 
 
 
 def finetune_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train's entry point on every worker."""
     import ray.train
     import ray.train.torch
 
+    context = ray.train.get_context()
+    run_trials(loop_config, context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device(),
+               ray.train.torch.prepare_model, ray.train.report)
+
+
+def finetune_in_this_process(loop_config: dict) -> None:
+    """`finetune.launcher: local`: the same trials as one worker, in this process, without Ray."""
+    device = torch.device("cuda") if loop_config["finetune"]["gpus_per_worker"] else torch.device("cpu")
+    run_trials(loop_config, 0, 1, device, lambda model: model.to(device), lambda record: None)
+
+
+def run_trials(loop_config: dict, rank: int, world_size: int, device, prepare_model, report_epoch) -> None:
+    """Every trial (and its baseline), then rank 0 writes the kept one. `prepare_model` places a model (Ray
+    Train wraps it for data parallelism); `report_epoch(record)` is told each epoch's figures."""
     from electra_core import load_tokenizer
 
     config = FinetuneConfig(**loop_config["finetune"])
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(config.cpus_per_worker)
-    device = ray.train.torch.get_device()
 
     tokenizer = load_tokenizer(loop_config["model_dir"])
     names = loop_config["label_names"]
@@ -299,10 +311,10 @@ def finetune_loop_per_worker(loop_config: dict) -> None:
         for start in starts:
             model = build_classifier(loop_config["model_dir"], start, seed, task, names, config.rescale_embeddings)
             num_layers = model.config.num_hidden_layers
-            model = ray.train.torch.prepare_model(model)
+            model = prepare_model(model)
 
             def report(record, start=start, seed=seed):
-                ray.train.report({**record, "trial": seed, "start": start})
+                report_epoch({**record, "trial": seed, "start": start})
 
             try:
                 result = train_trial(model, task, config, seed, start=start, num_layers=num_layers, rank=rank,

@@ -1,7 +1,8 @@
 """The finetune stage on the driver: resolve the model, read and check the data, train on Ray Train.
 
 Skeleton: parse config -> model directory and labeled data (every problem a one-line InputError) ->
-TorchTrainer (workers run pipelines.finetune.loop) -> outputs + result record (-> registry when asked).
+TorchTrainer (workers run pipelines.finetune.loop), or the same trials in this process (launcher local) ->
+outputs + result record (-> registry when asked).
 """
 
 from __future__ import annotations
@@ -60,35 +61,21 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
         f"model {model_dir}")
 
     check_writable_directory(config.output, "--output")
-    from pipelines.ray_runtime import check_workers_fit, ensure_ray, fit, ray_storage
-
-    ensure_ray(address)
-    check_workers_fit(config.workers, config.cpus_per_worker, config.gpus_per_worker, "finetune")
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from pipelines.finetune.loop import finetune_loop_per_worker
-
-    storage_path, filesystem = ray_storage(config.output)
-    trainer = TorchTrainer(
-        finetune_loop_per_worker,
-        train_loop_config={
-            "finetune": to_dict(config), "model_dir": model_dir, "metric": metric,
-            "label_names": labels.names, "label_kind": labels.kind,
-            "train_texts": train.texts, "train_pairs": train.pairs, "train_labels": train_labels,
-            "eval_texts": evaluation.texts, "eval_pairs": evaluation.pairs, "eval_labels": eval_labels,
-            "eval_labels_raw": evaluation.labels,
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=config.workers, use_gpu=config.gpus_per_worker > 0,
-            resources_per_worker={"CPU": config.cpus_per_worker,
-                                  **({"GPU": config.gpus_per_worker} if config.gpus_per_worker else {})},
-        ),
-        # Ray Train's own records of the run go under the output (no checkpoints are reported).
-        run_config=ray.train.RunConfig(name="_ray", storage_path=storage_path, storage_filesystem=filesystem),
-    )
+    loop_config = {
+        "finetune": to_dict(config), "model_dir": model_dir, "metric": metric,
+        "label_names": labels.names, "label_kind": labels.kind,
+        "train_texts": train.texts, "train_pairs": train.pairs, "train_labels": train_labels,
+        "eval_texts": evaluation.texts, "eval_pairs": evaluation.pairs, "eval_labels": eval_labels,
+        "eval_labels_raw": evaluation.labels,
+    }
     clear_divergence(config.output)
-    fit(trainer)
+    if config.launcher == "local":
+        from pipelines.finetune.loop import finetune_in_this_process
+
+        log("electra finetune: training in this process, without Ray (launcher local)")
+        finetune_in_this_process(loop_config)
+    else:
+        train_on_ray(config, loop_config, address)
     raise_if_diverged(config.output, "finetune", f"Lower finetune.lr (now {config.lr:g}) or raise "
                       "finetune.warmup_fraction")
     metrics = json.loads(storage.read_text(storage.join(config.output, "metrics.json")))
@@ -103,6 +90,32 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
         result["registry"] = register(config.register, config.tracking_uri, config.output, to_dict(config), metrics,
                                       lineage(config.model, model_dir), log=log)
     return result
+
+
+def train_on_ray(config: FinetuneConfig, loop_config: dict, address: str | None) -> None:
+    """The trials on Ray Train workers (pipelines.finetune.loop.finetune_loop_per_worker)."""
+    from pipelines.ray_runtime import check_workers_fit, ensure_ray, fit, ray_storage
+
+    ensure_ray(address)
+    check_workers_fit(config.workers, config.cpus_per_worker, config.gpus_per_worker, "finetune")
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.finetune.loop import finetune_loop_per_worker
+
+    storage_path, filesystem = ray_storage(config.output)
+    trainer = TorchTrainer(
+        finetune_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.workers, use_gpu=config.gpus_per_worker > 0,
+            resources_per_worker={"CPU": config.cpus_per_worker,
+                                  **({"GPU": config.gpus_per_worker} if config.gpus_per_worker else {})},
+        ),
+        # Ray Train's own records of the run go under the output (no checkpoints are reported).
+        run_config=ray.train.RunConfig(name="_ray", storage_path=storage_path, storage_filesystem=filesystem),
+    )
+    fit(trainer)
 
 
 def outcome_lines(metrics: dict) -> list[str]:

@@ -56,8 +56,13 @@ def model_dir(tmp_path_factory):
 
 def finetune(model_dir, train, evaluation, output, log=lambda _: None, **settings):
     # No scratch baseline unless a test asks for it: the stage's default fine-tunes everything twice.
+    # In this process unless a test asks for Ray Train (which the two-worker, registry and launcher tests do):
+    # the trials are the same (test_the_local_launcher_trains_what_ray_train_does), and Ray Train's start costs
+    # ten seconds or more per fine-tune.
+    launcher = "ray" if settings.get("workers", 1) > 1 else "local"
     config = FinetuneConfig(model=model_dir, train=train, eval=evaluation, output=str(output),
-                            **{"epochs": 4, "lr": 3e-3, "batch_size": 16, "baseline": "none", **settings})
+                            **{"epochs": 4, "lr": 3e-3, "batch_size": 16, "baseline": "none", "launcher": launcher,
+                               **settings})
     return run_finetune(config, log=log)
 
 
@@ -86,6 +91,26 @@ def test_a_learnable_task_beats_the_majority_baseline_and_the_output_loads_in_tr
 
 
 @pytest.mark.usefixtures("local_ray")
+@pytest.mark.usefixtures("local_ray")
+def test_the_local_launcher_trains_what_ray_train_does(model_dir, tmp_path):
+    train = write_tsv(tmp_path / "train.tsv", sentiment_rows(300, 31))
+    evaluation = write_tsv(tmp_path / "dev.tsv", sentiment_rows(100, 32))
+    lines: list[str] = []
+    for launcher in ("ray", "local"):
+        finetune(model_dir, train, evaluation, tmp_path / launcher, epochs=2, trials=2, baseline="scratch",
+                 launcher=launcher, log=lines.append)
+    on_ray, here = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("ray", "local"))
+    assert [t["value"] for t in here["trials"]] == [t["value"] for t in on_ray["trials"]]
+    assert here["pretraining_gain"] == on_ray["pretraining_gain"] and here["kept_trial_seed"] == on_ray["kept_trial_seed"]
+    assert (tmp_path / "local" / "predictions.jsonl").read_text() == (tmp_path / "ray" / "predictions.jsonl").read_text()
+    assert "without Ray (launcher local)" in "\n".join(lines)
+
+
+def test_the_local_launcher_takes_one_worker_only():
+    with pytest.raises(ValueError, match="launcher local trains in this process: workers must be 1, got 2"):
+        FinetuneConfig(launcher="local", workers=2, batch_size=16)
+
+
 def test_string_labels_and_two_workers(model_dir, tmp_path):
     train = write_tsv(tmp_path / "train.tsv", sentiment_rows(400, 3, labels=("negative", "positive")))
     evaluation = write_tsv(tmp_path / "dev.tsv", sentiment_rows(100, 4, labels=("negative", "positive")))

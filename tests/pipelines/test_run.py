@@ -41,8 +41,9 @@ pipeline: {{root: {tmp_path / 'root'}, name: scheduled, retrain: continue, retra
 prepare: {{inputs: [{corpus}], vocab_size: 300, seq_len: 32, workers: 1}}
 pretrain: {{preset: tiny, workers: 1, global_batch_size: 8, micro_batch_size: 8, max_steps: 4, checkpoint_every: 2,
            log_every: 2}}
-finetune: {{train: {tmp_path / 'train.jsonl'}, eval: {tmp_path / 'eval.jsonl'}, epochs: 1, batch_size: 8}}
-""")
+finetune: {{train: {tmp_path / 'train.jsonl'}, eval: {tmp_path / 'eval.jsonl'}, epochs: 1, batch_size: 8,
+           launcher: local}}
+""")  # fine-tunes in the driver: the demo-job test runs `electra run`'s fine-tune on Ray Train
     return config
 
 
