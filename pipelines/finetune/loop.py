@@ -365,13 +365,16 @@ def write_outputs(model, tokenizer, config: FinetuneConfig, loop_config: dict, k
                "task_type": config.task_type, "labels": names, "label_kind": loop_config["label_kind"]}
     storage.write_text(storage.join(output, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
     lines = []
-    for text, logits, label in zip(loop_config["eval_texts"], kept.logits, loop_config["eval_labels_raw"]):
+    pairs = loop_config["eval_pairs"] or [None] * len(loop_config["eval_texts"])
+    for text, pair, logits, label in zip(loop_config["eval_texts"], pairs, kept.logits,
+                                         loop_config["eval_labels_raw"]):
+        line = {"text": text} if pair is None else {"text": text, "text_pair": pair}  # what electra export re-reads
         if config.task_type == "regression":
-            lines.append({"text": text, "label": label, "prediction": float(logits[0])})
+            lines.append({**line, "label": label, "prediction": float(logits[0])})
         else:
             probabilities = torch.softmax(torch.from_numpy(logits), -1).tolist()
             predicted = names[int(np.argmax(logits))]
-            lines.append({"text": text, "label": label, "prediction": int(predicted) if
+            lines.append({**line, "label": label, "prediction": int(predicted) if
                           loop_config["label_kind"] == "int" else predicted,
                           "probabilities": dict(zip(names, probabilities))})
     storage.write_text(storage.join(output, "predictions.jsonl"), "".join(json.dumps(x) + "\n" for x in lines))

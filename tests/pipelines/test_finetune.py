@@ -139,6 +139,16 @@ def test_regression_on_jsonl_pairs(model_dir, tmp_path):
                       task_type="regression", epochs=5)
     assert result["metrics"]["metric"] == "pearson" and result["metrics"]["value"] > 0.8
     assert "spearman" in result["metrics"]["eval"]
+    first = json.loads((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()[0])
+    assert first["text_pair"] == "the film" and isinstance(first["prediction"], float)
+
+    # Its ONNX export reads the pairs back and scores what PyTorch scored on them.
+    from pipelines.config import ExportConfig
+    from pipelines.deploy.export import run_export
+
+    record = run_export(ExportConfig(model=str(tmp_path / "out"), output=str(tmp_path / "onnx")), log=lambda _: None)
+    assert record["eval"]["exported"] == pytest.approx(result["metrics"]["value"], abs=1e-4)
+    assert record["eval"]["max_abs_logit_difference"] < 1e-4
 
 
 @pytest.mark.usefixtures("local_ray")
