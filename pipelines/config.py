@@ -385,7 +385,11 @@ class ExportConfig:
     max_seq_len: int | None = None
     """Longer inputs are truncated to this many tokens, as in training; default: the fine-tune's max_seq_len."""
     tracking_uri: str | None = None
-    """MLflow tracking URI for models:/ URIs (default: MLFLOW_TRACKING_URI, else the embedded store under outputs/)."""
+    """MLflow tracking URI for models:/ URIs and --register (default: MLFLOW_TRACKING_URI, else the embedded store
+    under outputs/)."""
+    register: str | None = None
+    """Log the export to the registry as a new version of this model (ONNX flavor, with the tokenizer and
+    export.json beside it), tagged with its source's URI, version and scores."""
     opset: int = 17
     """ONNX opset of the exported graph."""
 

@@ -70,9 +70,50 @@ def run_export(config: ExportConfig, log=print) -> dict:
             if name != METADATA_FILE:
                 fs.put_file(os.path.join(staged, name), storage.join(root, name))
         fs.put_file(os.path.join(staged, METADATA_FILE), storage.join(root, METADATA_FILE))
+    if config.register:
+        record["registry"] = register_export(config, record)
     for line in summary_lines(config, record):
         log(line)
     return record
+
+
+def register_export(config: ExportConfig, record: dict) -> dict:
+    """The export as a new version of `config.register` (ONNX flavor; the tokenizer files and export.json as
+    extra files), tagged with what it came from so that a deployed artifact traces back to its source."""
+    import mlflow
+    import onnx
+    from mlflow import MlflowClient
+
+    from pipelines.environment import scoped_environment
+    from pipelines.finetune.registry import tracking_uri as resolved_tracking_uri
+    from pipelines.finetune.registry import use_experiment
+    from pipelines.secrets import redact_text
+
+    fs, root = storage.filesystem(config.output)
+    with tempfile.TemporaryDirectory(prefix="electra-register-") as work, scoped_environment("MLFLOW_TRACKING_URI"):
+        fs.get(root + "/", work + "/", recursive=True)
+        registry = resolved_tracking_uri(config.tracking_uri)
+        use_experiment(registry, "electra-export")
+        evaluation = record["eval"]
+        tags = {"electra.source": redact_text(record["source"]["uri"]),
+                "electra.source_version": record["source"].get("version", ""),
+                "electra.precision": record["precision"],
+                "electra.scores": f"{evaluation['metric']} {evaluation['exported']:.4f} exported, "
+                                  f"{evaluation['source']:.4f} source"
+                                  + (f", agreement {evaluation['agreement']:.4f}" if "agreement" in evaluation else "")}
+        with mlflow.start_run(run_name=f"{config.register}-export"):
+            mlflow.log_metrics({f"eval_{evaluation['metric']}": evaluation["exported"],
+                                **({"eval_agreement": evaluation["agreement"]} if "agreement" in evaluation else {})})
+            mlflow.set_tags(tags)
+            extra = [os.path.join(work, name) for name in sorted(os.listdir(work)) if name != MODEL_FILE]
+            info = mlflow.onnx.log_model(onnx.load(os.path.join(work, MODEL_FILE)), name="model",
+                                         registered_model_name=config.register, extra_files=extra,
+                                         save_as_external_data=False)
+        version = str(info.registered_model_version)
+        client = MlflowClient(tracking_uri=registry)
+        for key, value in tags.items():
+            client.set_model_version_tag(config.register, version, key, value)
+    return {"name": config.register, "version": version, "tracking_uri": redact_text(registry)}
 
 
 def resolve_source(uri: str, tracking_uri: str | None, work: str) -> dict:
@@ -229,6 +270,9 @@ def summary_lines(config: ExportConfig, record: dict) -> list[str]:
         lines[-1] += f"; the same prediction for {evaluation['agreement']:.1%} of them"
     lines.append("  run it without torch: from pipelines.deploy.onnx_classifier import OnnxClassifier; "
                  f"OnnxClassifier({config.output!r}).predict(['...'])")
+    if "registry" in record:
+        lines.append(f"  registered {record['registry']['name']} version {record['registry']['version']} "
+                     f"({record['registry']['tracking_uri']})")
     return lines
 
 

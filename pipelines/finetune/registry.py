@@ -27,6 +27,21 @@ def tracking_uri(configured: str | None) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+def use_experiment(uri: str, experiment: str) -> None:
+    """Points MLflow at `uri` and `experiment`, creating it with its artifacts beside an embedded (SQLite) store's
+    database, not in ./mlruns of whatever directory the command ran in."""
+    import mlflow
+
+    keep_credentials_out_of_mlflow_output(uri)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        artifacts = None
+        if uri.startswith("sqlite:///"):
+            artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+        mlflow.create_experiment(experiment, artifact_location=artifacts)
+    mlflow.set_experiment(experiment)
+
+
 def code_version() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -67,14 +82,7 @@ def _register(name: str, configured_uri: str | None, output: str, config: dict, 
     from mlflow import MlflowClient
 
     uri = tracking_uri(configured_uri)
-    keep_credentials_out_of_mlflow_output(uri)
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        artifacts = None
-        if uri.startswith("sqlite:///"):
-            artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
-        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
-    mlflow.set_experiment(EXPERIMENT)
+    use_experiment(uri, EXPERIMENT)
     metric, score = metrics["metric"], float(metrics["value"])
     package = Path(__file__).resolve().parents[2] / "electra_core"
     with mlflow.start_run(run_name=f"{name}-finetune") as run:

@@ -129,6 +129,29 @@ def test_export_from_the_champion_alias_of_the_embedded_store_and_of_a_server(fi
     assert (tmp_path / "served" / "model.onnx").exists()
 
 
+def test_register_logs_the_export_as_a_version_that_names_its_source(fine_tuned, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    _, registry = fine_tuned
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory (./mlruns)
+    record = export("models:/exported@champion", tmp_path / "onnx", quantize="int8", tracking_uri=registry,
+                    register="exported-onnx")
+    version = MlflowClient(tracking_uri=registry).get_model_version("exported-onnx", record["registry"]["version"])
+    assert version.tags["electra.source"] == "models:/exported@champion"
+    assert version.tags["electra.source_version"] == "1" and version.tags["electra.precision"] == "int8"
+    assert version.tags["electra.scores"].startswith(f"accuracy {record['eval']['exported']:.4f} exported")
+    mlflow.set_tracking_uri(registry)
+    try:
+        local = mlflow.artifacts.download_artifacts(f"models:/exported-onnx/{version.version}",
+                                                    dst_path=str(tmp_path / "downloaded"))
+    finally:
+        mlflow.set_tracking_uri(None)
+    files = {name for _, _, names in os.walk(local) for name in names}
+    assert {"model.onnx", "export.json", "tokenizer.json", "config.json"} <= files
+    assert not (tmp_path / "mlruns").exists()
+
+
 @pytest.mark.parametrize("model, message", [
     ("{tmp}", "not a fine-tuned model (no finetune_config.json)"),
     ("models:/exported@no-such-alias", "models:/exported@no-such-alias: not found in the registry"),
