@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 
 class CheckpointManager:
+    """One worker's checkpoints: built before the model (it finds what to resume from), asked after every step."""
+
     def __init__(self, run_uri: str, checkpoint_every: int, end_step: int, log=logger.info):
         self.checkpoint_every, self.end_step, self.log = checkpoint_every, end_step, log
         self.resumed: checkpoints.LoadedCheckpoint | None = checkpoints.latest_good_checkpoint(run_uri, log=log)
