@@ -85,8 +85,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     inputs, gold = eval_set(args.model)
-    labels = [json.loads(Path(args.model, "config.json").read_text())["id2label"][str(i)]
-              for i in range(len(json.loads(Path(args.model, "config.json").read_text())["id2label"]))]
+    id2label = json.loads(Path(args.model, "config.json").read_text())["id2label"]
+    labels = [id2label[str(i)] for i in range(len(id2label))]
     tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(args.model)
     max_len = json.loads(Path(args.model, "finetune_config.json").read_text())["max_seq_len"]
 

@@ -57,8 +57,8 @@ def run_export(config: ExportConfig, log=print) -> dict:
             "source_metric": {"name": metrics["metric"], "value": metrics["value"]},
             "files": {}, "config": saved_dict(config),
         }
-        record["files"]["source_safetensors_bytes"] = len(storage.read_bytes(
-            storage.join(source["directory"], "model.safetensors")))
+        source_fs, source_root = storage.filesystem(source["directory"])
+        record["files"]["source_safetensors_bytes"] = source_fs.size(storage.join(source_root, "model.safetensors"))
         _write_json(os.path.join(staged, METADATA_FILE), record)  # the classifier below reads it
         record["eval"] = compare_on_eval_set(source["directory"], staged, model, metrics)
         record["files"][MODEL_FILE] = os.path.getsize(os.path.join(staged, MODEL_FILE))
@@ -70,16 +70,17 @@ def run_export(config: ExportConfig, log=print) -> dict:
             if name != METADATA_FILE:
                 fs.put_file(os.path.join(staged, name), storage.join(root, name))
         fs.put_file(os.path.join(staged, METADATA_FILE), storage.join(root, METADATA_FILE))
-    if config.register:
-        record["registry"] = register_export(config, record)
+        if config.register:
+            record["registry"] = register_export(config, record, staged)
     for line in summary_lines(config, record):
         log(line)
     return record
 
 
-def register_export(config: ExportConfig, record: dict) -> dict:
-    """The export as a new version of `config.register` (ONNX flavor; the tokenizer files and export.json as
-    extra files), tagged with what it came from so that a deployed artifact traces back to its source."""
+def register_export(config: ExportConfig, record: dict, staged: str) -> dict:
+    """The export (its local copy in `staged`) as a new version of `config.register` (ONNX flavor; the tokenizer
+    files and export.json as extra files), tagged with what it came from so that a deployed artifact traces back
+    to its source."""
     import mlflow
     import onnx
     from mlflow import MlflowClient
@@ -89,9 +90,7 @@ def register_export(config: ExportConfig, record: dict) -> dict:
     from pipelines.finetune.registry import use_experiment
     from pipelines.secrets import redact_text
 
-    fs, root = storage.filesystem(config.output)
-    with tempfile.TemporaryDirectory(prefix="electra-register-") as work, scoped_environment("MLFLOW_TRACKING_URI"):
-        fs.get(root + "/", work + "/", recursive=True)
+    with scoped_environment("MLFLOW_TRACKING_URI"):
         registry = resolved_tracking_uri(config.tracking_uri)
         use_experiment(registry, "electra-export")
         evaluation = record["eval"]
@@ -105,8 +104,8 @@ def register_export(config: ExportConfig, record: dict) -> dict:
             mlflow.log_metrics({f"eval_{evaluation['metric']}": evaluation["exported"],
                                 **({"eval_agreement": evaluation["agreement"]} if "agreement" in evaluation else {})})
             mlflow.set_tags(tags)
-            extra = [os.path.join(work, name) for name in sorted(os.listdir(work)) if name != MODEL_FILE]
-            info = mlflow.onnx.log_model(onnx.load(os.path.join(work, MODEL_FILE)), name="model",
+            extra = [os.path.join(staged, name) for name in sorted(os.listdir(staged)) if name != MODEL_FILE]
+            info = mlflow.onnx.log_model(onnx.load(os.path.join(staged, MODEL_FILE)), name="model",
                                          registered_model_name=config.register, extra_files=extra,
                                          save_as_external_data=False)
         version = str(info.registered_model_version)

@@ -29,9 +29,9 @@ class OnnxClassifier:
             config = json.load(handle)
         self.task_type = self.metadata["task_type"]
         self.labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
-        self.pad_id = config.get("pad_token_id", 0)
+        pad_id = config.get("pad_token_id", 0)
         self.tokenizer = Tokenizer.from_file(os.path.join(directory, "tokenizer.json"))
-        self.tokenizer.no_padding()
+        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=self.tokenizer.id_to_token(pad_id))  # to the longest
         self.tokenizer.enable_truncation(max_length=self.metadata["max_seq_len"])
         options = onnxruntime.SessionOptions()
         if threads:
@@ -42,16 +42,9 @@ class OnnxClassifier:
     def encode(self, inputs: list) -> dict[str, np.ndarray]:
         """Token ids, type ids and attention mask of the inputs, padded to the longest one."""
         encodings = self.tokenizer.encode_batch([tuple(item) if isinstance(item, list) else item for item in inputs])
-        length = max(len(e.ids) for e in encodings)
-        batch = {name: np.zeros((len(encodings), length), dtype=np.int64)
-                 for name in ("input_ids", "attention_mask", "token_type_ids")}
-        batch["input_ids"][:] = self.pad_id
-        for row, encoding in enumerate(encodings):
-            size = len(encoding.ids)
-            batch["input_ids"][row, :size] = encoding.ids
-            batch["token_type_ids"][row, :size] = encoding.type_ids
-            batch["attention_mask"][row, :size] = 1
-        return batch
+        return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
 
     def logits(self, inputs: list) -> np.ndarray:
         return self.session.run(["logits"], self.encode(inputs))[0]
