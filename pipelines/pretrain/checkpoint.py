@@ -237,9 +237,11 @@ def write_checkpoint(directory: str, params: dict, moments: dict, trainer_state:
 
 
 def _file_entry(path: str) -> dict:
-    fs, local = storage.filesystem(path)
-    size, sha256 = _stream_checked(fs, local, None, path, os.path.basename(path))
-    return {"bytes": size, "sha256": sha256}
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
 
 
 @dataclass
