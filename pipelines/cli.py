@@ -23,8 +23,9 @@ STAGES = {
     "pretrain": ("PretrainConfig", "pretrain ELECTRA with Ray Train + DeepSpeed ZeRO"),
     "finetune": ("FinetuneConfig", "fine-tune a pretrained discriminator on a labeled task"),
     "export": ("ExportConfig", "export a fine-tuned classifier to ONNX (fp32 or int8) that runs without torch"),
+    "serve": ("ServeConfig", "serve a fine-tuned classifier or its ONNX export over HTTP with Ray Serve"),
 }
-RAY_STAGES = ("prepare", "pretrain", "finetune")
+RAY_STAGES = ("prepare", "pretrain", "finetune", "serve")
 
 
 def stage_config_class(command: str) -> type:
@@ -109,6 +110,10 @@ def run_command(args: argparse.Namespace) -> None:
         from pipelines.deploy.export import run_export
 
         run_export(config)
+    elif args.command == "serve":
+        from pipelines.deploy.serve import run_serve
+
+        run_serve(config, address=args.address)
     else:
         from pipelines.finetune import run_finetune
 

@@ -401,6 +401,53 @@ class ExportConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`electra serve`: a fine-tuned classifier (or its ONNX export) behind HTTP, as a Ray Serve application.
+
+    POST /predict {"inputs": ["text", ...]} (pairs: [["first", "second"], ...]) answers {"predictions": [...]};
+    GET /healthz answers 200 once a replica is ready.
+    """
+
+    model: str = ""
+    """An `electra export` directory, a fine-tune output directory, or a registered version (models:/NAME@ALIAS,
+    models:/NAME/VERSION; an alias is resolved once, so every replica serves the same version)."""
+    format: str = "auto"
+    """onnx (onnxruntime; a fine-tuned model is exported to fp32 ONNX when each replica starts), torch (the
+    PyTorch model), or auto: onnx for an export, torch for a fine-tune output."""
+    host: str = "127.0.0.1"
+    """Address the HTTP proxy listens on; 0.0.0.0 exposes the endpoint beyond this machine."""
+    port: int = 8000
+    """HTTP port of the proxy."""
+    replicas: int = 1
+    """Replicas of the model, each a Ray actor with `threads` CPUs; requests are spread over them."""
+    threads: int = 1
+    """CPU threads (and Ray CPUs) per replica."""
+    max_batch_size: int = 32
+    """Most inputs one model call takes: concurrent requests are batched up to this many inputs, and a longer
+    request is split into batches of this size."""
+    batch_wait_ms: float = 5.0
+    """How long a replica waits for more requests to fill a batch before it runs a partial one."""
+    max_body_bytes: int = 1_000_000
+    """Larger request bodies are refused with 413."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI for models:/ URIs (default: MLFLOW_TRACKING_URI, else the embedded store under
+    outputs/); replicas read the registry too, so on a cluster it must be reachable from every node."""
+    name: str = "electra"
+    """Ray Serve application name; serving again under the same name replaces the application."""
+
+    def __post_init__(self) -> None:
+        if self.format not in ("auto", "onnx", "torch"):
+            raise ValueError(f"format must be auto, onnx or torch, got {self.format!r}")
+        for name in ("replicas", "threads", "max_batch_size", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be between 1 and 65535, got {self.port}")
+        if self.batch_wait_ms < 0:
+            raise ValueError(f"batch_wait_ms must be zero or more, got {self.batch_wait_ms}")
+
+
+@dataclass
 class PipelineConfig:
     """`electra run`: the `pipeline:` section, which ties the stages together.
 

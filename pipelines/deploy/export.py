@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 
@@ -22,6 +21,7 @@ import torch
 from electra_core import ElectraForSequenceClassification, storage
 from pipelines.config import ExportConfig, saved_dict
 from pipelines.deploy.onnx_classifier import METADATA_FILE, MODEL_FILE, OnnxClassifier
+from pipelines.deploy.sources import resolve_model
 from pipelines.errors import InputError, check_writable_directory
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
@@ -34,32 +34,14 @@ def run_export(config: ExportConfig, log=print) -> dict:
     check_writable_directory(config.output, "--output")
     with tempfile.TemporaryDirectory(prefix="electra-export-") as work:
         source = resolve_source(config.model, config.tracking_uri, work)
-        finetune = json.loads(storage.read_text(storage.join(source["directory"], "finetune_config.json")))
         metrics = json.loads(storage.read_text(storage.join(source["directory"], "metrics.json")))
-        max_seq_len = config.max_seq_len or finetune["max_seq_len"]
         staged = os.path.join(work, "export")
-        os.makedirs(staged)
-        fp32 = os.path.join(work, "fp32.onnx")
-        model = export_graph(source["directory"], fp32, config.opset)
-        if config.quantize == "int8":
-            quantize_int8(fp32, os.path.join(staged, MODEL_FILE))
-        else:
-            shutil.copyfile(fp32, os.path.join(staged, MODEL_FILE))
-        for name in TOKENIZER_FILES + ("config.json",):
-            uri = storage.join(source["directory"], name)
-            if storage.exists(uri):
-                with open(os.path.join(staged, name), "wb") as handle:
-                    handle.write(storage.read_bytes(uri))
-        record = {
-            "precision": "int8" if config.quantize == "int8" else "fp32",
-            "task_type": metrics["task_type"], "labels": metrics["labels"], "max_seq_len": max_seq_len,
-            "opset": config.opset, "source": {k: v for k, v in source.items() if k != "directory"},
-            "source_metric": {"name": metrics["metric"], "value": metrics["value"]},
-            "files": {}, "config": saved_dict(config),
-        }
+        model, record = stage_export(source["directory"], staged, config)
+        record.update({"source": {k: v for k, v in source.items() if k not in ("directory", "kind")},
+                       "source_metric": {"name": metrics["metric"], "value": metrics["value"]},
+                       "config": saved_dict(config)})
         source_fs, source_root = storage.filesystem(source["directory"])
         record["files"]["source_safetensors_bytes"] = source_fs.size(storage.join(source_root, "model.safetensors"))
-        _write_json(os.path.join(staged, METADATA_FILE), record)  # the classifier below reads it
         record["eval"] = compare_on_eval_set(source["directory"], staged, model, metrics)
         record["files"][MODEL_FILE] = os.path.getsize(os.path.join(staged, MODEL_FILE))
         record["seconds"] = round(time.perf_counter() - started, 1)
@@ -75,6 +57,31 @@ def run_export(config: ExportConfig, log=print) -> dict:
     for line in summary_lines(config, record):
         log(line)
     return record
+
+
+def stage_export(source_dir: str, staged: str, config: ExportConfig):
+    """Writes model.onnx (quantized when asked), the tokenizer files, config.json and a first export.json (what
+    OnnxClassifier needs) into the new local directory `staged`; returns the torch model and that record."""
+    finetune = json.loads(storage.read_text(storage.join(source_dir, "finetune_config.json")))
+    metrics = json.loads(storage.read_text(storage.join(source_dir, "metrics.json")))
+    os.makedirs(staged)
+    fp32 = os.path.join(staged, "fp32.onnx.tmp")
+    model = export_graph(source_dir, fp32, config.opset)
+    if config.quantize == "int8":
+        quantize_int8(fp32, os.path.join(staged, MODEL_FILE))
+        os.remove(fp32)
+    else:
+        os.replace(fp32, os.path.join(staged, MODEL_FILE))
+    for name in TOKENIZER_FILES + ("config.json",):
+        uri = storage.join(source_dir, name)
+        if storage.exists(uri):
+            with open(os.path.join(staged, name), "wb") as handle:
+                handle.write(storage.read_bytes(uri))
+    record = {"precision": "int8" if config.quantize == "int8" else "fp32", "task_type": metrics["task_type"],
+              "labels": metrics["labels"], "max_seq_len": config.max_seq_len or finetune["max_seq_len"],
+              "opset": config.opset, "files": {}}
+    _write_json(os.path.join(staged, METADATA_FILE), record)
+    return model, record
 
 
 def register_export(config: ExportConfig, record: dict, staged: str) -> dict:
@@ -116,62 +123,11 @@ def register_export(config: ExportConfig, record: dict, staged: str) -> dict:
 
 
 def resolve_source(uri: str, tracking_uri: str | None, work: str) -> dict:
-    """{"uri", "directory"[, "name", "version"]}: a fine-tune output directory, or a registered version's
-    classifier downloaded from the registry into `work`."""
-    if uri.startswith("models:/"):
-        return _registered_source(uri, tracking_uri, work)
-    if not storage.exists(storage.join(uri, "finetune_config.json")):
-        raise InputError(f"{uri}: not a fine-tuned model (no finetune_config.json); give an `electra finetune` "
-                         "output directory or models:/NAME@ALIAS")
-    return {"uri": uri, "directory": uri}
-
-
-def _registered_source(uri: str, tracking_uri: str | None, work: str) -> dict:
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from pipelines.environment import scoped_environment
-    from pipelines.finetune.registry import tracking_uri as resolved_tracking_uri
-    from pipelines.secrets import redact_text
-
-    name, _, ref = uri.removeprefix("models:/").partition("@")
-    with scoped_environment("MLFLOW_TRACKING_URI"):
-        registry = resolved_tracking_uri(tracking_uri)
-        mlflow.set_tracking_uri(registry)
-        client = MlflowClient(tracking_uri=registry)
-        try:
-            if ref:
-                version = client.get_model_version_by_alias(name, ref)
-            elif "/" in name:
-                name, number = name.split("/", 1)
-                version = client.get_model_version(name, number)
-            else:
-                raise InputError(f"{uri}: give models:/NAME@ALIAS or models:/NAME/VERSION")
-            local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version.version}",
-                                                        dst_path=os.path.join(work, "registered"))
-        except MlflowException as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise InputError(f"{uri}: not found in the registry {redact_text(registry)} ({first})") from None
-    directory = _classifier_artifact(local)
-    if directory is None:
-        raise InputError(f"{uri}: version {version.version} holds no fine-tuned classifier")
-    return {"uri": uri, "directory": directory, "name": name, "version": str(version.version),
-            "run_id": version.run_id}
-
-
-def _classifier_artifact(model_dir: str) -> str | None:
-    """The fine-tune directory inside a downloaded pyfunc model: its MLmodel names where the `classifier`
-    artifact was stored (under the fine-tune directory's own name)."""
-    from pipelines.config import read_yaml
-
-    try:
-        with open(os.path.join(model_dir, "MLmodel")) as handle:
-            artifacts = read_yaml(handle.read())["flavors"]["python_function"]["artifacts"]
-        directory = os.path.join(model_dir, artifacts["classifier"]["path"])
-    except (OSError, KeyError, TypeError):
-        return None
-    return directory if os.path.exists(os.path.join(directory, "finetune_config.json")) else None
+    """The fine-tuned classifier an export starts from (see pipelines.deploy.sources)."""
+    source = resolve_model(uri, tracking_uri, work)
+    if source["kind"] != "finetune":
+        raise InputError(f"{uri}: already an ONNX export; export its source (export.json names it) instead")
+    return source
 
 
 def export_graph(directory: str, path: str, opset: int):
@@ -234,7 +190,7 @@ def compare_on_eval_set(source_dir: str, exported_dir: str, model, metrics: dict
     onnx_logits, torch_logits = [], []
     for start in range(0, len(inputs), 64):
         batch = exported.encode(inputs[start: start + 64])
-        onnx_logits.append(exported.session.run(["logits"], batch)[0])
+        onnx_logits.append(exported.run(batch))
         with torch.no_grad():
             tensors = {k: torch.from_numpy(v) for k, v in batch.items()}
             torch_logits.append(model(tensors["input_ids"], tensors["attention_mask"],

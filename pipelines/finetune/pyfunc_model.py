@@ -27,7 +27,9 @@ class ElectraClassifierModel(mlflow.pyfunc.PythonModel):
         directory = context.artifacts["classifier"]
         self.model = ElectraForSequenceClassification.from_pretrained(directory).eval()
         self.tokenizer = load_tokenizer(directory)
-        self.tokenizer.enable_truncation(max_length=self.model.config.max_position_embeddings)
+        with open(os.path.join(directory, "finetune_config.json")) as handle:
+            max_seq_len = json.load(handle)["max_seq_len"]
+        self.tokenizer.enable_truncation(max_length=max_seq_len)  # as in training, the ONNX export and serving
         with open(os.path.join(directory, "metrics.json")) as handle:
             metrics = json.load(handle)
         self.task_type, self.labels, self.kind = metrics["task_type"], metrics["labels"], metrics["label_kind"]

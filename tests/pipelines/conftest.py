@@ -42,6 +42,31 @@ def command_errors(stderr: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def fine_tuned(tmp_path_factory, local_ray):
+    """A tiny classifier fine-tuned on a learnable task (labels negative/positive, max_seq_len 24) and registered
+    as `exported` (@champion) in an embedded store: (its directory, the store's URI). Shared by the export and
+    serving tests."""
+    import os
+
+    from tests.pipelines.test_finetune import finetune, sentiment_rows, tiny_discriminator, write_tsv
+
+    root = tmp_path_factory.mktemp("tuned")
+    labels = ("negative", "positive")
+    train = write_tsv(root / "train.tsv", sentiment_rows(400, 21, labels=labels))
+    evaluation = write_tsv(root / "dev.tsv", sentiment_rows(200, 22, labels=labels))
+    registry = f"sqlite:///{root}/mlflow.db"
+    (root / "model").mkdir()
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        finetune(tiny_discriminator(root / "model"), train, evaluation, root / "out", register="exported",
+                 tracking_uri=registry, max_seq_len=24)
+    finally:
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+    return str(root / "out"), registry
+
+
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` with a SQLite backend on 127.0.0.1, shared by the tests that register; yields its URL."""
     import socket

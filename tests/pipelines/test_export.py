@@ -19,30 +19,11 @@ from pipelines.config import ExportConfig
 from pipelines.deploy.export import run_export
 from pipelines.deploy.onnx_classifier import OnnxClassifier
 from tests.pipelines.conftest import command_errors
-from tests.pipelines.test_finetune import finetune, model_dir, sentiment_rows, write_tsv  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow  # one fine-tune on Ray Train, and a registry
 REPO = Path(__file__).resolve().parents[2]
 TEXTS = ["the movie was great", "a lovely story with the actors and a plot", "the film was dull",
          "scenes", "the plot was awful and the actors were " + "very " * 40 + "bad"]  # the last is truncated
-
-
-@pytest.fixture(scope="module")
-def fine_tuned(model_dir, tmp_path_factory, local_ray):  # noqa: F811 (the imported fixture)
-    """A tiny classifier fine-tuned on a learnable task and registered in an embedded store."""
-    root = tmp_path_factory.mktemp("tuned")
-    labels = ("negative", "positive")
-    train = write_tsv(root / "train.tsv", sentiment_rows(400, 21, labels=labels))
-    evaluation = write_tsv(root / "dev.tsv", sentiment_rows(200, 22, labels=labels))
-    registry = f"sqlite:///{root}/mlflow.db"
-    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        finetune(model_dir, train, evaluation, root / "out", register="exported", tracking_uri=registry,
-                 max_seq_len=24)
-    finally:
-        if saved is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
-    return str(root / "out"), registry
 
 
 def export(source, output, **settings) -> dict:
@@ -153,7 +134,7 @@ def test_register_logs_the_export_as_a_version_that_names_its_source(fine_tuned,
 
 
 @pytest.mark.parametrize("model, message", [
-    ("{tmp}", "not a fine-tuned model (no finetune_config.json)"),
+    ("{tmp}", "not a fine-tuned model or an export (no finetune_config.json or export.json)"),
     ("models:/exported@no-such-alias", "models:/exported@no-such-alias: not found in the registry"),
     ("models:/never-registered@champion", "models:/never-registered@champion: not found in the registry"),
 ])

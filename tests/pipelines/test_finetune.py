@@ -44,8 +44,11 @@ def write_tsv(path, rows, header=("sentence", "label")) -> str:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
+    return tiny_discriminator(tmp_path_factory.mktemp("model"))
+
+
+def tiny_discriminator(root) -> str:
     """A tiny discriminator with a tokenizer that knows the task's words (no pretraining needed here)."""
-    root = tmp_path_factory.mktemp("model")
     tokenizer = electra_core.train_tokenizer([s for s, _ in sentiment_rows(500, 0)], vocab_size=120)
     config = electra_core.ElectraConfig.from_preset("tiny", **electra_core.special_token_ids(tokenizer))
     torch.manual_seed(0)
