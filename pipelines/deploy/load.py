@@ -36,9 +36,10 @@ class LoadReport:
 
 
 def run_load(url: str, payloads: list[list], clients: int = 16, requests: int = 2000, timeout_s: float = 60.0,
-             midway=None) -> LoadReport:
-    """Request i sends {"inputs": payloads[i % len(payloads)]}. `midway`, if given, is called once, on its own
-    thread, when half of the requests have been sent (to inject a failure while the load runs)."""
+             midway=None, route: str = "/predict", body=lambda inputs: {"inputs": inputs}) -> LoadReport:
+    """Request i POSTs body(payloads[i % len(payloads)]) to url + route (defaults: `electra serve`'s; a benchmark
+    points them at another server) and expects {"predictions": [one per input]}. `midway`, if given, is called
+    once, on its own thread, when half of the requests have been sent (to inject a failure while the load runs)."""
     report = LoadReport(requests=requests, clients=clients)
     lock, next_index = threading.Lock(), iter(range(requests))
     halfway = threading.Event()
@@ -55,7 +56,7 @@ def run_load(url: str, payloads: list[list], clients: int = 16, requests: int = 
                 halfway.set()
             inputs = payloads[index % len(payloads)]
             started = time.perf_counter()
-            outcome, retried = _post(session, url, inputs, timeout_s)
+            outcome, retried = _post(session, url + route, body(inputs), len(inputs), timeout_s)
             elapsed = time.perf_counter() - started
             with lock:
                 report.retried += retried
@@ -80,12 +81,12 @@ def run_load(url: str, payloads: list[list], clients: int = 16, requests: int = 
     return report
 
 
-def _post(session, url: str, inputs: list, timeout_s: float) -> tuple[list | str, int]:
+def _post(session, url: str, body: dict, expected: int, timeout_s: float) -> tuple[list | str, int]:
     """(predictions, or what went wrong; 1 if the request was retried)."""
     retried = 0
     while True:
         try:
-            response = session.post(f"{url}/predict", json={"inputs": inputs}, timeout=timeout_s)
+            response = session.post(url, json=body, timeout=timeout_s)
         except http.ConnectionError as error:
             if not retried:
                 retried = 1
@@ -97,6 +98,6 @@ def _post(session, url: str, inputs: list, timeout_s: float) -> tuple[list | str
         if response.status_code != 200:
             return f"{response.status_code}: {response.text[:200]}", retried
         predictions = response.json().get("predictions")
-        if not isinstance(predictions, list) or len(predictions) != len(inputs):
-            return f"200 with {len(predictions or [])} predictions for {len(inputs)} inputs", retried
+        if not isinstance(predictions, list) or len(predictions) != expected:
+            return f"200 with {len(predictions or [])} predictions for {expected} inputs", retried
         return predictions, retried

@@ -87,28 +87,35 @@ def post(url: str, body, **kwargs) -> requests.Response:
     return requests.post(f"{url}/predict", json=body, timeout=60, **kwargs)
 
 
-def test_the_served_pytorch_model_answers_what_the_registered_pyfunc_answers(fine_tuned, port):
+def test_the_served_model_answers_what_the_registered_pyfunc_answers_in_pytorch_and_in_onnx(fine_tuned, port):
+    """The champion served as it is (PyTorch), then the same source with --format onnx (exported to fp32 by each
+    replica as it starts), replacing the first under the same application name."""
     import mlflow
     import pandas as pd
 
     _, registry = fine_tuned
-    config = ServeConfig(model="models:/exported@champion", port=port, tracking_uri=registry, name="served-torch")
-    served = start_serving(config)
-    try:
-        assert served["format"] == "torch" and served["model"] == "models:/exported/1"  # the alias, pinned
+    answers = {}
+    for format in ("auto", "onnx"):
+        config = ServeConfig(model="models:/exported@champion", format=format, port=port, tracking_uri=registry,
+                             name="served-torch")
+        served = start_serving(config)
+        assert served["format"] == ("torch" if format == "auto" else "onnx")
+        assert served["model"] == "models:/exported/1"  # the alias, resolved once for every replica
         health = requests.get(f"{served['url']}/healthz", timeout=30)
         assert health.status_code == 200 and health.json()["model"]["version"] == "1"
-        answers = post(served["url"], {"inputs": TEXTS}).json()["predictions"]
-    finally:
-        stop_serving(config)
+        assert health.json()["model"]["format"] == served["format"]
+        answers[served["format"]] = post(served["url"], {"inputs": TEXTS}).json()["predictions"]
+    stop_serving(config)
     mlflow.set_tracking_uri(registry)
     try:
         expected = mlflow.pyfunc.load_model("models:/exported@champion").predict(pd.DataFrame({"sentence": TEXTS}))
     finally:
         mlflow.set_tracking_uri(None)
-    assert [a["label"] for a in answers] == expected["label"].tolist()
-    for answer, (_, row) in zip(answers, expected.iterrows()):
-        assert answer["scores"] == pytest.approx({"negative": row["negative"], "positive": row["positive"]}, abs=1e-6)
+    for format, tolerance in (("torch", 1e-6), ("onnx", 1e-5)):
+        assert [a["label"] for a in answers[format]] == expected["label"].tolist()
+        for answer, (_, row) in zip(answers[format], expected.iterrows()):
+            assert answer["scores"] == pytest.approx({"negative": row["negative"], "positive": row["positive"]},
+                                                     abs=tolerance)
 
 
 def test_the_served_export_answers_what_the_export_answers_for_texts_pairs_and_long_requests(onnx_server,
