@@ -3,7 +3,9 @@ this project's PyTorch model and its ONNX exports (fp32, int8), same weights, sa
 
 For each variant: model file size, accuracy on the fine-tune's own eval set (its predictions.jsonl), latency of
 one sentence at a time (p50 / p99 over --calls calls, tokenization included) and sentences/s at batch 32.
-Hugging Face Optimum's int8 export is not measured yet (it needs its own environment; #16).
+Hugging Face Optimum's int8 export (ORTModelForSequenceClassification + ORTQuantizer, dynamic int8 for this CPU's
+instruction set) is the last row: Optimum pins versions of its own, so benchmarks/optimum_variant.py measures it in
+benchmarks/.venv-optimum (create it with `bash benchmarks/optimum_env.sh`; without it the row is skipped).
 
     python benchmarks/inference.py --model FINETUNE_DIR [--threads 1] [--calls 300]
 """
@@ -13,11 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+OPTIMUM_PYTHON = Path(__file__).parent / ".venv-optimum" / "bin" / "python"
 
 
 def eval_set(model_dir: str) -> tuple[list, list[str]]:
@@ -69,6 +74,19 @@ def measure(variant, inputs: list, gold: list[str], calls: int) -> dict:
             "p99_ms": float(np.percentile(latencies, 99) * 1000), "batch32_per_s": throughput}
 
 
+def optimum_int8(model_dir: str, threads: int, calls: int) -> dict | None:
+    """Optimum's int8 export measured by benchmarks/optimum_variant.py in Optimum's environment: its JSON line."""
+    if not OPTIMUM_PYTHON.exists():
+        print("Optimum int8: skipped; create its environment with `bash benchmarks/optimum_env.sh`")
+        return None
+    script = Path(__file__).with_name("optimum_variant.py")
+    result = subprocess.run([str(OPTIMUM_PYTHON), str(script), "--model", model_dir, "--threads", str(threads),
+                             "--calls", str(calls)], capture_output=True, text=True)
+    if result.returncode:  # its export's and quantizer's log is shown only when it failed
+        raise SystemExit(f"{script.name} failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="an `electra finetune` output directory")
@@ -112,12 +130,20 @@ def main() -> None:
     print(f"{args.model}: {len(inputs)} eval examples, {args.threads} thread(s), batch-1 over {args.calls} calls")
     print(f"{'variant':26}{'file MB':>9}{'accuracy':>10}{'p50 ms':>9}{'p99 ms':>9}{'batch 32/s':>12}{'x base p50':>12}")
     base = None
-    for name, (variant, size) in variants.items():
-        figures = measure(variant, inputs, gold, args.calls)
+
+    def row(name: str, size: int, figures: dict) -> None:
+        nonlocal base
         base = base or figures["p50_ms"]
         print(f"{name:26}{size / 2**20:>9.2f}{figures['accuracy']:>10.4f}{figures['p50_ms']:>9.2f}"
               f"{figures['p99_ms']:>9.2f}{figures['batch32_per_s']:>12,.0f}{base / figures['p50_ms']:>12.2f}",
               flush=True)
+
+    for name, (variant, size) in variants.items():
+        row(name, size, measure(variant, inputs, gold, args.calls))
+    optimum = optimum_int8(args.model, args.threads, args.calls)
+    if optimum:
+        row(optimum["variant"], optimum["file_bytes"], optimum)
+        print(f"Optimum: {optimum['quantization']}; " + ", ".join(f"{k} {v}" for k, v in optimum["versions"].items()))
 
 
 if __name__ == "__main__":
