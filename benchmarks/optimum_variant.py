@@ -5,7 +5,7 @@ included) and batch-32 sentences/s. Prints one JSON line on stdout (everything e
 It runs in Optimum's own environment (benchmarks/optimum_env.sh creates benchmarks/.venv-optimum) and so imports
 nothing of this project (no pipelines, no ray); benchmarks/inference.py starts it as a subprocess.
 
-    benchmarks/.venv-optimum/bin/python benchmarks/optimum_variant.py --model FINETUNE_DIR [--threads 1] [--calls 300]
+    benchmarks/.venv-optimum/bin/python benchmarks/optimum_variant.py --model FINETUNE_DIR [--threads 1] [--calls 300] [--rounds 5]
 
 What an Optimum user does: ORTModelForSequenceClassification.from_pretrained(dir, export=True), ORTQuantizer with
 AutoQuantizationConfig's dynamic int8 config for the CPU's instruction set (avx512_vnni, avx512 or avx2 from
@@ -22,16 +22,9 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-
-
-def eval_set(model_dir: str) -> tuple[list, list[str]]:  # as benchmarks/inference.py reads it
-    rows = [json.loads(line) for line in Path(model_dir, "predictions.jsonl").read_text().splitlines() if line]
-    inputs = [[r["text"], r["text_pair"]] if "text_pair" in r else r["text"] for r in rows]
-    return inputs, [str(r["label"]) for r in rows]
+from inference_timing import eval_set, measure  # numpy only: no project code in this environment
 
 
 def instruction_set() -> str:
@@ -50,34 +43,12 @@ def instruction_set() -> str:
     raise SystemExit("optimum_variant.py: this CPU has none of avx2 / avx512 / avx512_vnni")
 
 
-def measure(predict, inputs: list, gold: list[str], calls: int) -> dict:
-    """A copy of benchmarks/inference.py's `measure` (this process cannot import the project's code): accuracy at
-    batch 32, 10 warm-up calls, `calls` batch-1 calls, then calls // 32 batches of 32. Keep the two in step."""
-    predicted = [label for start in range(0, len(inputs), 32) for label in predict(inputs[start: start + 32])]
-    accuracy = float(np.mean([p == g for p, g in zip(predicted, gold)]))
-    for text in inputs[:10]:  # warm-up
-        predict([text])
-    latencies = []
-    for i in range(calls):
-        started = time.perf_counter()
-        predict([inputs[i % len(inputs)]])
-        latencies.append(time.perf_counter() - started)
-    batches = [inputs[(i * 32) % len(inputs):][:32] for i in range(max(1, calls // 32))]
-    started = time.perf_counter()
-    count = 0
-    for batch in batches:
-        predict(batch)
-        count += len(batch)
-    throughput = count / (time.perf_counter() - started)
-    return {"accuracy": accuracy, "p50_ms": float(np.percentile(latencies, 50) * 1000),
-            "p99_ms": float(np.percentile(latencies, 99) * 1000), "batch32_per_s": throughput}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="an `electra finetune` output directory")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--work", help="where the exports go (default: a new temporary directory)")
     args = parser.parse_args()
 
@@ -116,7 +87,7 @@ def main() -> None:
         return [labels[i] for i in logits.argmax(-1).tolist()]
 
     inputs, gold = eval_set(args.model)
-    figures = measure(predict, inputs, gold, args.calls)
+    figures = measure(predict, inputs, gold, args.calls, args.rounds)
     print(json.dumps({
         "variant": f"Optimum int8 ({target})", "file_bytes": os.path.getsize(int8_file), **figures,
         "quantization": f"AutoQuantizationConfig.{target}(is_static=False, per_channel=False)",

@@ -120,6 +120,8 @@ class ElectraSelfAttention(nn.Module):
         return tuple(p for linear in (self.query, self.key, self.value) for p in (linear.weight, linear.bias))
 
     def forward(self, hidden_states: torch.Tensor, attention_bias: torch.Tensor | None) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            return self.exported_attention(hidden_states, attention_bias)
         batch, seq_len, width = hidden_states.shape
         # One matmul for q, k and v: the separate Linear modules stay for Hugging Face state-dict names.
         qkv_weight = torch.cat((self.query.weight, self.key.weight, self.value.weight))
@@ -135,6 +137,23 @@ class ElectraSelfAttention(nn.Module):
         else:
             dropout_p = self.dropout.p if self.training else 0.0
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_bias, dropout_p=dropout_p)
+        return context.transpose(1, 2).reshape(batch, seq_len, width)
+
+
+    def exported_attention(self, hidden_states: torch.Tensor, attention_bias: torch.Tensor | None) -> torch.Tensor:
+        """The same attention written as ONNX Runtime's BERT patterns have it: q, k and v from three MatMuls, a
+        constant scale, an additive mask and Softmax. SDPA's ONNX decomposition adds a run-time Sqrt, an IsNaN/Where
+        guard and a Split/Squeeze per layer; measured on the Small preset, int8, interleaved runs in fresh processes,
+        this graph is as fast as Hugging Face Optimum's and faster than SDPA's (README, Deploy)."""
+        batch, seq_len, width = hidden_states.shape
+
+        def heads(linear: nn.Linear) -> torch.Tensor:
+            return linear(hidden_states).view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
+
+        scores = torch.matmul(heads(self.query), heads(self.key).transpose(-1, -2)) * self.scale
+        if attention_bias is not None:  # [CLS] is never masked, so no row is all masked
+            scores = scores + (1.0 - attention_bias.to(scores.dtype)) * -10000.0
+        context = torch.matmul(scores.softmax(dim=-1), heads(self.value))
         return context.transpose(1, 2).reshape(batch, seq_len, width)
 
 

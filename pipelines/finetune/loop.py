@@ -236,6 +236,13 @@ def train_trial(model: torch.nn.Module, task: EncodedTask, config: FinetuneConfi
                        time.perf_counter() - started, best["logits"], best["state"])
 
 
+def epoch_line(record: dict, config: FinetuneConfig, metric: str, trial: int, seed: int, start: str) -> str:
+    score = f", eval {metric} {record[metric]:.4f}" if metric in record else ""
+    return (f"electra finetune: trial {trial + 1}/{config.trials} (seed {seed}) from {start}: epoch "
+            f"{record['epoch']}/{config.epochs}, train loss {record['train_loss']:.4f}{score} "
+            f"({record['seconds']:.0f} s)")
+
+
 def check_divergence(guard: NonFiniteGuard, step: int) -> int:
     """Steps skipped since the last check; Diverged when the guard gives up (one host sync)."""
     skipped, gave_up = guard.read()
@@ -313,7 +320,9 @@ def run_trials(loop_config: dict, rank: int, world_size: int, device, prepare_mo
             num_layers = model.config.num_hidden_layers
             model = prepare_model(model)
 
-            def report(record, start=start, seed=seed):
+            def report(record, start=start, seed=seed, trial=trial):
+                if rank == 0:  # a fine-tune is minutes per epoch at Small and above: show that it moves
+                    logger.info(epoch_line(record, config, task.metric, trial, seed, start))
                 report_epoch({**record, "trial": seed, "start": start})
 
             try:
@@ -325,8 +334,8 @@ def run_trials(loop_config: dict, rank: int, world_size: int, device, prepare_mo
                     record_divergence(config.output, diverged, start=start, seed=seed)
                 return
             if rank == 0:
-                logger.info(f"trial {trial + 1}/{config.trials} (seed {seed}) from {start}: best epoch "
-                            f"{result.best_epoch}, eval {task.metric} {result.value:.4f} in {result.seconds:.0f} s")
+                logger.info(f"electra finetune: trial {trial + 1}/{config.trials} (seed {seed}) from {start}: best "
+                            f"epoch {result.best_epoch}, eval {task.metric} {result.value:.4f} in {result.seconds:.0f} s")
             results[start].append(result)
             del model
 

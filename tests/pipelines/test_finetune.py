@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import random
 
 import numpy as np
@@ -95,13 +96,19 @@ def test_a_learnable_task_beats_the_majority_baseline_and_the_output_loads_in_tr
 
 @pytest.mark.usefixtures("local_ray")
 @pytest.mark.usefixtures("local_ray")
-def test_the_local_launcher_trains_what_ray_train_does(model_dir, tmp_path):
+def test_the_local_launcher_trains_what_ray_train_does(model_dir, tmp_path, caplog):
     train = write_tsv(tmp_path / "train.tsv", sentiment_rows(300, 31))
     evaluation = write_tsv(tmp_path / "dev.tsv", sentiment_rows(100, 32))
     lines: list[str] = []
     for launcher in ("ray", "local"):
-        finetune(model_dir, train, evaluation, tmp_path / launcher, epochs=2, trials=2, baseline="scratch",
-                 launcher=launcher, log=lines.append)
+        with caplog.at_level(logging.INFO, logger="pipelines.finetune.loop"):
+            finetune(model_dir, train, evaluation, tmp_path / launcher, epochs=2, trials=2, baseline="scratch",
+                     launcher=launcher, log=lines.append)
+    # Progress while it trains: each epoch of each trial, from both starts (the local run's records; Ray Train's
+    # workers log in their own processes).
+    epochs = [r.getMessage() for r in caplog.records if ": epoch " in r.getMessage()]
+    assert [line.split(": epoch ")[1].split(",")[0] for line in epochs] == ["1/2", "2/2"] * 4
+    assert "trial 2/2 (seed 1) from scratch: epoch 2/2" in epochs[-1] and "eval accuracy" in epochs[-1]
     on_ray, here = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("ray", "local"))
     assert [t["value"] for t in here["trials"]] == [t["value"] for t in on_ray["trials"]]
     assert here["pretraining_gain"] == on_ray["pretraining_gain"] and here["kept_trial_seed"] == on_ray["kept_trial_seed"]
