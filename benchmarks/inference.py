@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from inference_timing import eval_set, measure
+from inference_timing import eval_set, measure, tokenizer_predict
 
 OPTIMUM_PYTHON = Path(__file__).parent / ".venv-optimum" / "bin" / "python"
 TORCH_VARIANTS = ("transformers eager fp32", "ours, PyTorch fp32")
@@ -41,20 +41,12 @@ def torch_predict(name: str, model_dir: str, threads: int):
         else ElectraForSequenceClassification
     model = classes.from_pretrained(model_dir).eval()
     tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(model_dir)
-    max_len = json.loads(Path(model_dir, "finetune_config.json").read_text())["max_seq_len"]
-    id2label = json.loads(Path(model_dir, "config.json").read_text())["id2label"]
-    labels = [id2label[str(i)] for i in range(len(id2label))]
 
-    def predict(batch: list) -> list[str]:
-        pairs = isinstance(batch[0], list)
-        first = [item[0] for item in batch] if pairs else batch
-        second = [item[1] for item in batch] if pairs else None
-        encoded = tokenizer(first, second, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+    def logits_of(encoded):
         with torch.no_grad():
-            logits = model(**encoded).logits
-        return [labels[i] for i in logits.argmax(-1).tolist()]
+            return model(**encoded).logits
 
-    return predict
+    return tokenizer_predict(tokenizer, logits_of, model_dir)
 
 
 def onnx_predict(export_dir: str, threads: int):

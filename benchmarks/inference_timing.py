@@ -43,3 +43,20 @@ def measure(predict, inputs: list, gold: list[str], calls: int, rounds: int = 5)
     return {"accuracy": accuracy, "p50_ms": float(np.percentile(latencies, 50) * 1000),
             "p99_ms": float(np.percentile(latencies, 99) * 1000), "batch32_per_s": float(np.median(per_round)),
             "batch32_spread": [float(min(per_round)), float(max(per_round))]}
+
+
+def tokenizer_predict(tokenizer, logits_of, model_dir: str):
+    """predict(batch) -> labels for a model called as transformers' are: the fast tokenizer pads and truncates at
+    the fine-tune's max_seq_len and returns torch tensors, `logits_of(encoded)` gives the logits."""
+    max_len = json.loads(Path(model_dir, "finetune_config.json").read_text())["max_seq_len"]
+    id2label = json.loads(Path(model_dir, "config.json").read_text())["id2label"]
+    labels = [id2label[str(i)] for i in range(len(id2label))]
+
+    def predict(batch: list) -> list[str]:
+        pairs = isinstance(batch[0], list)
+        first = [item[0] for item in batch] if pairs else batch
+        second = [item[1] for item in batch] if pairs else None
+        encoded = tokenizer(first, second, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        return [labels[i] for i in logits_of(encoded).argmax(-1).tolist()]
+
+    return predict

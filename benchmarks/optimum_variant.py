@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from inference_timing import eval_set, measure  # numpy only: no project code in this environment
+from inference_timing import eval_set, measure, tokenizer_predict  # numpy only: no project code in this environment
 
 
 def instruction_set() -> str:
@@ -74,17 +74,7 @@ def main() -> None:
                                                               session_options=options,
                                                               provider="CPUExecutionProvider")
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
-    max_len = json.loads(Path(args.model, "finetune_config.json").read_text())["max_seq_len"]
-    id2label = json.loads(Path(args.model, "config.json").read_text())["id2label"]
-    labels = [id2label[str(i)] for i in range(len(id2label))]
-
-    def predict(batch: list) -> list[str]:
-        pairs = isinstance(batch[0], list)
-        first = [item[0] for item in batch] if pairs else batch
-        second = [item[1] for item in batch] if pairs else None
-        encoded = tokenizer(first, second, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-        logits = model(**encoded).logits
-        return [labels[i] for i in logits.argmax(-1).tolist()]
+    predict = tokenizer_predict(tokenizer, lambda encoded: model(**encoded).logits, args.model)
 
     inputs, gold = eval_set(args.model)
     figures = measure(predict, inputs, gold, args.calls, args.rounds)

@@ -167,6 +167,22 @@ def test_training_attention_path_matches_the_inference_kernel_on_padded_batches(
     assert torch.allclose(training[keep], inference[keep], atol=1e-5)
 
 
+def test_the_attention_written_for_onnx_export_computes_what_sdpa_does_on_padded_batches(monkeypatch):
+    """While torch.onnx exports, attention takes the MatMul/Softmax path ONNX Runtime's patterns match; an export
+    must answer what the model answers."""
+    config = ElectraConfig.from_preset("tiny")
+    model = electra_core.ElectraForPreTraining(config).eval()
+    input_ids = token_batch(config)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 9:] = 0
+    with torch.no_grad():
+        sdpa = model(input_ids, attention_mask).logits
+        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+        exported = model(input_ids, attention_mask).logits
+    keep = attention_mask.bool()
+    assert torch.allclose(exported[keep], sdpa[keep], atol=1e-5)
+
+
 @pytest.mark.parametrize("sharing, fraction", [("shared", 0.5), ("disentangled", 0.5), ("encoder", 1.0),
                                                ("none", 0.5)])
 def test_each_embedding_sharing_exports_a_discriminator_that_computes_what_training_saw(sharing, fraction, tmp_path):
