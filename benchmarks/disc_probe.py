@@ -13,6 +13,7 @@ A discriminator that has learned context scores below both prior_entropy and tok
     python benchmarks/disc_probe.py --shape mini --lr 5e-4 --steps 300 --log-every 50
     python benchmarks/disc_probe.py --shape narrow --lr 1e-3 --noise unigram   # discriminator alone vs fixed noise
     python benchmarks/disc_probe.py --shape narrow --lr 1e-3 --noise unigram --detector conv   # ... a convolution
+    python benchmarks/disc_probe.py --shape narrow --noise unigram --local-attention 0.2,2.0  # local from step 0
     python benchmarks/disc_probe.py --check-sampling   # masking.sample_tokens against torch.multinomial
 
 Shapes: `tiny` is electra_core's preset (hidden 32, 2 layers, embedding 16, FFN 37, 4 heads, generator 1/2);
@@ -36,7 +37,8 @@ import torch.nn.functional as F
 
 from electra_core import masking
 from electra_core.config import ElectraConfig
-from electra_core.modeling import ElectraPretrainingModel, takes_weight_decay
+from electra_core.modeling import (ElectraAttention, ElectraPretrainingModel, ElectraSelfAttention,
+                                   takes_weight_decay)
 
 SHAPES = {
     "tiny": dict(preset="tiny"),
@@ -119,6 +121,46 @@ class TransformersDetector(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, token_type_ids):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+
+def sinusoids(rows: int, width: int) -> torch.Tensor:
+    position = torch.arange(rows, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
+    table = torch.zeros(rows, width)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: width // 2])
+    return table
+
+
+@torch.no_grad()
+def local_attention_init(model: ElectraPretrainingModel, config: ElectraConfig, position_scale: float,
+                         beta: float, value_beta: float = 0.0, alpha: float = 0.3) -> None:
+    """`--local-attention SCALE,BETA`: attention that mixes neighbouring tokens from the first step. Position
+    embeddings become sinusoids times SCALE (their dot product falls off with distance), and every head's
+    query-key product is set to alpha Z + beta I (Z ~ N(0, 1/d); mimetic initialisation, Trockman & Kolter 2023)
+    through a rank-k SVD, so that scores follow the positions' similarity. Only the initial values change: the
+    checkpoint keeps transformers' layout. 0.2,2.0 on the narrow shape puts 0.33 of each token's attention on
+    itself and 0.41 on its neighbours at distance 1-2 (uniform: 0.008 and 0.031). A third value sets the value-
+    output product to alpha Z + VALUE_BETA I as well (the paper's other half), so that what attention gathers
+    reaches the residual stream at full size from the first step instead of through two 0.02-std matrices."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding) and module.num_embeddings == config.max_position_embeddings \
+                and module.num_embeddings != config.vocab_size:
+            module.weight.copy_(sinusoids(*module.weight.shape) * position_scale)
+        if isinstance(module, ElectraSelfAttention):
+            width, k = module.query.weight.shape[1], module.head_dim
+            for head in range(module.num_heads):
+                target = alpha * torch.randn(width, width) / math.sqrt(width) + beta * torch.eye(width)
+                u, s, vh = torch.linalg.svd(target)
+                root = s[:k].sqrt()
+                module.query.weight[head * k:(head + 1) * k] = (u[:, :k] * root).T
+                module.key.weight[head * k:(head + 1) * k] = (vh[:k].T * root).T
+        if isinstance(module, ElectraAttention) and value_beta:
+            width = module.self.value.weight.shape[1]
+            target = alpha * torch.randn(width, width) / math.sqrt(width) + value_beta * torch.eye(width)
+            u, s, vh = torch.linalg.svd(target)  # output.dense @ value ~ target (both full rank here)
+            module.output.dense.weight.copy_(u * s.sqrt())
+            module.self.value.weight.copy_(s.sqrt()[:, None] * vh)
 
 
 def discriminator_logits(model: ElectraPretrainingModel, input_ids, attention_mask, token_type_ids) -> torch.Tensor:
@@ -204,6 +246,8 @@ def train(args) -> list[dict]:
     config = model_config(args.shape, vocab_size, **overrides)
     torch.manual_seed(args.seed)
     model = ElectraPretrainingModel(config)
+    if args.local_attention:
+        local_attention_init(model, config, *args.local_attention)
     if args.detector != "electra":
         if args.noise == "generator":
             raise SystemExit("--detector conv|transformers needs --noise unigram or uniform")
@@ -378,6 +422,10 @@ def main() -> None:
                         help="with fixed noise: train this model as the discriminator instead of ours")
     parser.add_argument("--no-token-stats", dest="token_stats", action="store_false",
                         help="skip the context-free baseline (saves one generator forward per step)")
+    parser.add_argument("--local-attention", type=lambda s: tuple(float(v) for v in s.split(",")), default=None,
+                        metavar="SCALE,BETA[,VALUE_BETA]", help="initialise attention to mix neighbouring tokens "
+                        "(sinusoidal positions x SCALE, query-key product ~ BETA I, value-output ~ VALUE_BETA I); "
+                        "e.g. 0.2,2.0 or 0.2,2.0,1.0")
     parser.add_argument("--check-sampling", action="store_true")
     args = parser.parse_args()
     if args.check_sampling:
