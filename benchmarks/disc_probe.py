@@ -123,18 +123,32 @@ class TransformersDetector(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
 
 
-def sinusoids(rows: int, width: int) -> torch.Tensor:
-    position = torch.arange(rows, dtype=torch.float32)[:, None]
-    frequency = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
+def frequencies(width: int) -> torch.Tensor:
+    return torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
+
+
+def sinusoids(rows: int, width: int, used: int | None = None) -> torch.Tensor:
+    """(sin, cos) pairs of position x frequency in the first `used` columns (all by default), zeros after."""
+    used = used or width
+    position = torch.arange(rows, dtype=torch.float32)[:, None] * frequencies(used)
     table = torch.zeros(rows, width)
-    table[:, 0::2] = torch.sin(position * frequency)
-    table[:, 1::2] = torch.cos(position * frequency[: width // 2])
+    table[:, 0:used:2] = torch.sin(position)
+    table[:, 1:used:2] = torch.cos(position)
     return table
+
+
+def shift_rotation(width: int, offset: int) -> torch.Tensor:
+    """R with R @ p(i) = p(i + offset) for sinusoids(.., width) rows: a rotation of each (sin, cos) pair."""
+    rotation = torch.zeros(width, width)
+    for m, frequency in enumerate(frequencies(width).tolist()):
+        cos, sin = math.cos(frequency * offset), math.sin(frequency * offset)
+        rotation[2 * m:2 * m + 2, 2 * m:2 * m + 2] = torch.tensor([[cos, sin], [-sin, cos]])
+    return rotation
 
 
 @torch.no_grad()
 def local_attention_init(model: ElectraPretrainingModel, config: ElectraConfig, position_scale: float,
-                         beta: float, value_beta: float = 0.0, alpha: float = 0.3) -> None:
+                         beta: float, value_beta: float = 0.0, alpha: float = 0.3, offsets: bool = False) -> None:
     """`--local-attention SCALE,BETA`: attention that mixes neighbouring tokens from the first step. Position
     embeddings become sinusoids times SCALE (their dot product falls off with distance), and every head's
     query-key product is set to alpha Z + beta I (Z ~ N(0, 1/d); mimetic initialisation, Trockman & Kolter 2023)
@@ -142,15 +156,26 @@ def local_attention_init(model: ElectraPretrainingModel, config: ElectraConfig, 
     checkpoint keeps transformers' layout. 0.2,2.0 on the narrow shape puts 0.33 of each token's attention on
     itself and 0.41 on its neighbours at distance 1-2 (uniform: 0.008 and 0.031). A third value sets the value-
     output product to alpha Z + VALUE_BETA I as well (the paper's other half), so that what attention gathers
-    reaches the residual stream at full size from the first step instead of through two 0.02-std matrices."""
+    reaches the residual stream at full size from the first step instead of through two 0.02-std matrices.
+
+    `offsets` (`--offset-heads`): each head attends to one neighbour instead, head 0 to the next token, head 1 to
+    the previous, heads 2 and 3 at distance 2, ...: the positions fill only the first head_dim columns, and head
+    h's query-key product on that block is beta times the rotation that maps a position to its neighbour's. The
+    heads then act as a convolution over the neighbours, with a value map per offset (4.0 with positions x 0.4
+    puts 0.76 of head 0's attention on the next token)."""
     for module in model.modules():
         if isinstance(module, torch.nn.Embedding) and module.num_embeddings == config.max_position_embeddings \
                 and module.num_embeddings != config.vocab_size:
-            module.weight.copy_(sinusoids(*module.weight.shape) * position_scale)
+            head_dim = config.hidden_size // config.num_attention_heads
+            module.weight.copy_(sinusoids(*module.weight.shape, used=head_dim if offsets else None) * position_scale)
         if isinstance(module, ElectraSelfAttention):
             width, k = module.query.weight.shape[1], module.head_dim
             for head in range(module.num_heads):
-                target = alpha * torch.randn(width, width) / math.sqrt(width) + beta * torch.eye(width)
+                target = alpha * torch.randn(width, width) / math.sqrt(width)
+                if offsets:
+                    target[:k, :k] += beta * shift_rotation(k, (-1) ** (head + 1) * (1 + head // 2))
+                else:
+                    target += beta * torch.eye(width)
                 u, s, vh = torch.linalg.svd(target)
                 root = s[:k].sqrt()
                 module.query.weight[head * k:(head + 1) * k] = (u[:, :k] * root).T
@@ -247,7 +272,7 @@ def train(args) -> list[dict]:
     torch.manual_seed(args.seed)
     model = ElectraPretrainingModel(config)
     if args.local_attention:
-        local_attention_init(model, config, *args.local_attention)
+        local_attention_init(model, config, *args.local_attention, offsets=args.offset_heads)
     if args.detector != "electra":
         if args.noise == "generator":
             raise SystemExit("--detector conv|transformers needs --noise unigram or uniform")
@@ -426,6 +451,8 @@ def main() -> None:
                         metavar="SCALE,BETA[,VALUE_BETA]", help="initialise attention to mix neighbouring tokens "
                         "(sinusoidal positions x SCALE, query-key product ~ BETA I, value-output ~ VALUE_BETA I); "
                         "e.g. 0.2,2.0 or 0.2,2.0,1.0")
+    parser.add_argument("--offset-heads", action="store_true",
+                        help="with --local-attention: each head attends to one neighbour (next, previous, ...)")
     parser.add_argument("--check-sampling", action="store_true")
     args = parser.parse_args()
     if args.check_sampling:
