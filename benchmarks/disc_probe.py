@@ -267,7 +267,8 @@ def train(args) -> list[dict]:
         overrides["generator_size_fraction"] = args.gen_fraction
     for item in args.set:
         key, value = item.split("=", 1)
-        overrides[key] = type(getattr(ElectraConfig, key, 0.0))(float(value)) if key != "hidden_act" else value
+        default = getattr(ElectraConfig, key, 0.0)
+        overrides[key] = value if isinstance(default, str) else type(default)(float(value))
     config = model_config(args.shape, vocab_size, **overrides)
     torch.manual_seed(args.seed)
     model = ElectraPretrainingModel(config)
