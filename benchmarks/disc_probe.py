@@ -146,6 +146,14 @@ def shift_rotation(width: int, offset: int) -> torch.Tensor:
     return rotation
 
 
+def factors(target: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(left, right) with left @ right the best rank-`rank` approximation of `target` (SVD, sqrt of the
+    singular values on each side)."""
+    u, s, vh = torch.linalg.svd(target)
+    root = s[:rank].sqrt()
+    return u[:, :rank] * root, root[:, None] * vh[:rank]
+
+
 @torch.no_grad()
 def local_attention_init(model: ElectraPretrainingModel, config: ElectraConfig, position_scale: float,
                          beta: float, value_beta: float = 0.0, alpha: float = 0.3, offsets: bool = False) -> None:
@@ -163,11 +171,11 @@ def local_attention_init(model: ElectraPretrainingModel, config: ElectraConfig, 
     h's query-key product on that block is beta times the rotation that maps a position to its neighbour's. The
     heads then act as a convolution over the neighbours, with a value map per offset (4.0 with positions x 0.4
     puts 0.76 of head 0's attention on the next token)."""
+    used = config.hidden_size // config.num_attention_heads if offsets else None
     for module in model.modules():
         if isinstance(module, torch.nn.Embedding) and module.num_embeddings == config.max_position_embeddings \
                 and module.num_embeddings != config.vocab_size:
-            head_dim = config.hidden_size // config.num_attention_heads
-            module.weight.copy_(sinusoids(*module.weight.shape, used=head_dim if offsets else None) * position_scale)
+            module.weight.copy_(sinusoids(*module.weight.shape, used=used) * position_scale)
         if isinstance(module, ElectraSelfAttention):
             width, k = module.query.weight.shape[1], module.head_dim
             for head in range(module.num_heads):
@@ -176,16 +184,15 @@ def local_attention_init(model: ElectraPretrainingModel, config: ElectraConfig, 
                     target[:k, :k] += beta * shift_rotation(k, (-1) ** (head + 1) * (1 + head // 2))
                 else:
                     target += beta * torch.eye(width)
-                u, s, vh = torch.linalg.svd(target)
-                root = s[:k].sqrt()
-                module.query.weight[head * k:(head + 1) * k] = (u[:, :k] * root).T
-                module.key.weight[head * k:(head + 1) * k] = (vh[:k].T * root).T
+                query, key = factors(target, k)  # query.weight.T @ key.weight ~ target
+                module.query.weight[head * k:(head + 1) * k] = query.T
+                module.key.weight[head * k:(head + 1) * k] = key
         if isinstance(module, ElectraAttention) and value_beta:
             width = module.self.value.weight.shape[1]
             target = alpha * torch.randn(width, width) / math.sqrt(width) + value_beta * torch.eye(width)
-            u, s, vh = torch.linalg.svd(target)  # output.dense @ value ~ target (both full rank here)
-            module.output.dense.weight.copy_(u * s.sqrt())
-            module.self.value.weight.copy_(s.sqrt()[:, None] * vh)
+            output, value = factors(target, width)  # output.dense.weight @ value.weight ~ target
+            module.output.dense.weight.copy_(output)
+            module.self.value.weight.copy_(value)
 
 
 def discriminator_logits(model: ElectraPretrainingModel, input_ids, attention_mask, token_type_ids) -> torch.Tensor:

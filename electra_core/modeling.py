@@ -139,7 +139,6 @@ class ElectraSelfAttention(nn.Module):
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_bias, dropout_p=dropout_p)
         return context.transpose(1, 2).reshape(batch, seq_len, width)
 
-
     def exported_attention(self, hidden_states: torch.Tensor, attention_bias: torch.Tensor | None) -> torch.Tensor:
         """The same attention written as ONNX Runtime's BERT patterns have it: q, k and v from three MatMuls, a
         constant scale, an additive mask and Softmax. SDPA's ONNX decomposition adds a run-time Sqrt, an IsNaN/Where
