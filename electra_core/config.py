@@ -16,6 +16,7 @@ from electra_core import storage
 
 OBJECTIVES = ("electra", "mlm")
 EMBEDDING_SHARING = ("shared", "disentangled", "encoder", "none")
+ATTENTION_INITS = ("normal", "neighbour")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
 # Fields transformers writes that this implementation fixes to one value; kept in config.json so that
@@ -107,6 +108,11 @@ class ElectraConfig:
     """Lambda: weight of the discriminator loss against the generator's MLM loss."""
     sampling_temperature: float = 1.0
     """Temperature of the generator's softmax when sampling replacements."""
+    attention_init: str = "normal"
+    """How fresh weights start. normal: every weight normal(0, initializer_range), as transformers; neighbour:
+    sinusoidal positions and heads that attend to one neighbouring token each from the first step (see
+    electra_core.initialization: at CPU scale a discriminator started the normal way never learns from context).
+    Only initial values differ: the weights keep transformers' layout."""
 
     def __post_init__(self) -> None:
         if self.id2label is not None:
@@ -142,6 +148,9 @@ class ElectraConfig:
         if self.embedding_sharing == "encoder" and self.generator_size_fraction != 1.0:
             raise ValueError("ElectraConfig.embedding_sharing 'encoder' needs generator_size_fraction 1.0, got "
                              f"{self.generator_size_fraction!r}")
+        if self.attention_init not in ATTENTION_INITS:
+            raise ValueError(f"ElectraConfig.attention_init must be one of {ATTENTION_INITS}, "
+                             f"got {self.attention_init!r}")
         if self.sampling_temperature <= 0.0:
             raise ValueError(f"ElectraConfig.sampling_temperature must be > 0, got {self.sampling_temperature!r}")
         if self.problem_type not in PROBLEM_TYPES:

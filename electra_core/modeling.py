@@ -23,6 +23,7 @@ from torch import nn
 
 from electra_core import masking
 from electra_core.config import ElectraConfig
+from electra_core.initialization import neighbour_attention_init
 from electra_core.pretrained import PreTrainedMixin
 from electra_core.storage import exists, join
 
@@ -244,6 +245,10 @@ class ElectraPreTrainedModel(PreTrainedMixin, nn.Module):
 
     def init_weights(self) -> None:
         self.apply(self._init_module)
+        if self.config.attention_init == "neighbour":
+            for module in self.modules():
+                if isinstance(module, ElectraModel):
+                    neighbour_attention_init(module)
         self.tie_weights()
 
     def _init_module(self, module: nn.Module) -> None:

@@ -78,8 +78,10 @@ def train_in_this_process(loop_config: dict) -> None:
     session = ProcessSession(loop_config["run_uri"], config.keep_checkpoints, use_gpu=config.gpus_per_worker > 0)
     try:
         train(loop_config, session)
-    finally:
+    except BaseException:
         session.close()
+        raise
+    session.close(wait_for_every_rank=True)
 
 
 def train(loop_config: dict, session) -> None:

@@ -100,8 +100,13 @@ class ProcessSession:
         for name in names:
             fs.put_file(os.path.join(directory, name), f"{path.rstrip('/')}/{name}")
 
-    def close(self) -> None:
+    def close(self, wait_for_every_rank: bool = False) -> None:
+        """wait_for_every_rank (after a run that ended normally): no rank tears down the process group while
+        another still works (rank 0 writes the export after the others are done). After an error there is no
+        wait: the other ranks may never arrive, and torchrun stops them."""
         if dist.is_initialized():
+            if wait_for_every_rank and self.world_size > 1:
+                dist.barrier()
             dist.destroy_process_group()
 
 
