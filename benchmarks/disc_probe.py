@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from electra_core import masking
 from electra_core.config import ElectraConfig
+from electra_core.initialization import factors, neighbour_attention_init, set_query_key_product, sinusoids
 from electra_core.modeling import (ElectraAttention, ElectraPretrainingModel, ElectraSelfAttention,
                                    takes_weight_decay)
 
@@ -123,37 +124,6 @@ class TransformersDetector(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
 
 
-def frequencies(width: int) -> torch.Tensor:
-    return torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
-
-
-def sinusoids(rows: int, width: int, used: int | None = None) -> torch.Tensor:
-    """(sin, cos) pairs of position x frequency in the first `used` columns (all by default), zeros after."""
-    used = used or width
-    position = torch.arange(rows, dtype=torch.float32)[:, None] * frequencies(used)
-    table = torch.zeros(rows, width)
-    table[:, 0:used:2] = torch.sin(position)
-    table[:, 1:used:2] = torch.cos(position)
-    return table
-
-
-def shift_rotation(width: int, offset: int) -> torch.Tensor:
-    """R with R @ p(i) = p(i + offset) for sinusoids(.., width) rows: a rotation of each (sin, cos) pair."""
-    rotation = torch.zeros(width, width)
-    for m, frequency in enumerate(frequencies(width).tolist()):
-        cos, sin = math.cos(frequency * offset), math.sin(frequency * offset)
-        rotation[2 * m:2 * m + 2, 2 * m:2 * m + 2] = torch.tensor([[cos, sin], [-sin, cos]])
-    return rotation
-
-
-def factors(target: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(left, right) with left @ right the best rank-`rank` approximation of `target` (SVD, sqrt of the
-    singular values on each side)."""
-    u, s, vh = torch.linalg.svd(target)
-    root = s[:rank].sqrt()
-    return u[:, :rank] * root, root[:, None] * vh[:rank]
-
-
 @torch.no_grad()
 def local_attention_init(model: ElectraPretrainingModel, config: ElectraConfig, position_scale: float,
                          beta: float, value_beta: float = 0.0, alpha: float = 0.3, offsets: bool = False) -> None:
@@ -166,27 +136,22 @@ def local_attention_init(model: ElectraPretrainingModel, config: ElectraConfig, 
     output product to alpha Z + VALUE_BETA I as well (the paper's other half), so that what attention gathers
     reaches the residual stream at full size from the first step instead of through two 0.02-std matrices.
 
-    `offsets` (`--offset-heads`): each head attends to one neighbour instead, head 0 to the next token, head 1 to
-    the previous, heads 2 and 3 at distance 2, ...: the positions fill only the first head_dim columns, and head
-    h's query-key product on that block is beta times the rotation that maps a position to its neighbour's. The
-    heads then act as a convolution over the neighbours, with a value map per offset (4.0 with positions x 0.4
-    puts 0.76 of head 0's attention on the next token)."""
-    used = config.hidden_size // config.num_attention_heads if offsets else None
+    `offsets` (`--offset-heads`): each head attends to one neighbour instead: the product's
+    `attention_init: neighbour` (electra_core.initialization) with these constants, applied to the generator and
+    then the discriminator, whose position table the generator shares."""
+    if offsets:
+        for encoder in (model.generator.electra, model.discriminator.electra):
+            neighbour_attention_init(encoder, alpha=alpha, beta=beta, position_scale=position_scale)
     for module in model.modules():
-        if isinstance(module, torch.nn.Embedding) and module.num_embeddings == config.max_position_embeddings \
-                and module.num_embeddings != config.vocab_size:
-            module.weight.copy_(sinusoids(*module.weight.shape, used=used) * position_scale)
-        if isinstance(module, ElectraSelfAttention):
-            width, k = module.query.weight.shape[1], module.head_dim
+        if not offsets and isinstance(module, torch.nn.Embedding) \
+                and module.num_embeddings == config.max_position_embeddings != config.vocab_size:
+            rows, width = module.weight.shape
+            module.weight.copy_(sinusoids(rows, width, width) * position_scale)
+        if not offsets and isinstance(module, ElectraSelfAttention):
+            width = module.query.weight.shape[1]
             for head in range(module.num_heads):
-                target = alpha * torch.randn(width, width) / math.sqrt(width)
-                if offsets:
-                    target[:k, :k] += beta * shift_rotation(k, (-1) ** (head + 1) * (1 + head // 2))
-                else:
-                    target += beta * torch.eye(width)
-                query, key = factors(target, k)  # query.weight.T @ key.weight ~ target
-                module.query.weight[head * k:(head + 1) * k] = query.T
-                module.key.weight[head * k:(head + 1) * k] = key
+                set_query_key_product(module, head, alpha * torch.randn(width, width) / math.sqrt(width)
+                                      + beta * torch.eye(width))
         if isinstance(module, ElectraAttention) and value_beta:
             width = module.self.value.weight.shape[1]
             target = alpha * torch.randn(width, width) / math.sqrt(width) + value_beta * torch.eye(width)

@@ -10,8 +10,8 @@ first step (a width-3 convolution made of attention, with a value map per offset
 How: only initial values change, so a checkpoint keeps transformers' layout and loads in transformers as it is.
 - The position table becomes sinusoids (times POSITION_SCALE) in the first head_dim columns. The dot product of
   two positions' rows then depends only on their distance, and a rotation maps a position to its neighbour's.
-- Head h's query-key product, restricted to those columns, is BETA times the rotation to offset
-  (-1)^(h+1) * (1 + h // 2): heads 0 and 1 look one token to each side, heads 2 and 3 two tokens, and so on.
+- Head h's query-key product, restricted to those columns, is BETA times the rotation by its offset (head_offset):
+  heads 0 and 1 look at the next and the previous token, heads 2 and 3 two tokens away, and so on.
   Added to it is ALPHA times a random matrix, the mimetic initialisation's noise (Trockman & Kolter, "Mimetic
   Initialization of Self-Attention Layers", ICML 2023). The product is split into query and key weights by an SVD.
 - When the embeddings are narrower or wider than the encoder, the projection carries those columns through
@@ -69,8 +69,8 @@ def factors(target: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def head_offset(head: int) -> int:
-    """The neighbour head `head` starts on: -1, +1, -2, +2, ..."""
-    return (-1) ** (head + 1) * (1 + head // 2)
+    """Where head `head` starts looking, relative to the token itself: +1 (the next token), -1, +2, -2, ..."""
+    return (-1) ** head * (1 + head // 2)
 
 
 def set_query_key_product(attention: nn.Module, head: int, target: torch.Tensor) -> None:
@@ -103,5 +103,6 @@ def neighbour_attention_init(encoder: nn.Module, alpha: float = ALPHA, beta: flo
             width = module.query.weight.shape[1]
             for head in range(module.num_heads):
                 target = alpha * torch.randn(width, width) / math.sqrt(width)
-                target[:used, :used] += beta * shift_rotation(used, table_width, head_offset(head))
+                # p(i) . R(-d) p(j) = p(i) . p(j - d): largest at j = i + d
+                target[:used, :used] += beta * shift_rotation(used, table_width, -head_offset(head))
                 set_query_key_product(module, head, target)
