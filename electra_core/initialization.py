@@ -16,8 +16,12 @@ How: only initial values change, so a checkpoint keeps transformers' layout and 
   Initialization of Self-Attention Layers", ICML 2023). The product is split into query and key weights by an SVD.
 - When the embeddings are narrower or wider than the encoder, the projection carries those columns through
   unchanged, so that the first layer sees the same positions.
-With these constants, head 0 of the 2-layer, 64-wide mini shape puts 0.76 of its attention on its neighbour
+With these constants, head 0 of the 2-layer, 64-wide mini shape puts 0.89 of its attention on its neighbour
 (uniform attention over 128 tokens would put 0.008 there).
+
+Why it is opt-in: a sentence classifier started from it (random or pretrained for 1600 steps) does not learn
+SST-2; each half (the sinusoids, the neighbour heads) alone keeps it at chance, because [CLS] keeps looking at
+its neighbour. On the demo task, which a docstring's first words decide, pretraining from it gains 2 points.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ def neighbour_attention_init(encoder: nn.Module, alpha: float = ALPHA, beta: flo
                              position_scale: float = POSITION_SCALE) -> None:
     """Re-initialises an ElectraModel's position table, embedding projection and attention as described above
     (everything else keeps its normal initialisation)."""
-    from electra_core.modeling import ElectraSelfAttention
+    from electra_core.modeling import ElectraSelfAttention  # here: modeling imports this module
 
     config = encoder.config
     positions = encoder.embeddings.position_embeddings.weight
