@@ -248,6 +248,23 @@ PRETRAINING_ONLY = ("objective", "generator_size_fraction", "mask_prob", "mask_t
                     "sampling_temperature", "max_predictions_per_seq", "architectures")
 
 
+def scratch_model_dir(model_dir: str, changes: list[str], work: Path) -> str:
+    """Where the scratch baseline's config.json and tokenizer are read: the model's own directory, or with
+    `--scratch-set` a copy whose config.json has those fields changed (the same tokenizer files)."""
+    if not changes:
+        return model_dir
+    import shutil
+
+    target = work / "scratch-config"
+    target.mkdir(exist_ok=True)
+    for name in Path(model_dir).iterdir():
+        if name.suffix in (".json", ".txt") and name.name != "config.json":
+            shutil.copy(name, target / name.name)
+    config = ElectraConfig.load(str(Path(model_dir) / "config.json"))
+    config.replace(**dict(parse_override(item, "model") for item in changes)).save(str(target / "config.json"))
+    return str(target)
+
+
 def read_results(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -303,6 +320,9 @@ def main() -> None:
     parser.add_argument("--tag", default="")
     parser.add_argument("--reuse", default=None, metavar="MODEL_DIR",
                         help="fine-tune a discriminator saved by an earlier run instead of pretraining")
+    parser.add_argument("--scratch-set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="the scratch baseline's config.json fields that differ from the pretrained model's "
+                             "(e.g. attention_init=normal: the random weights a user would start from)")
     parser.add_argument("--ft-min-steps", type=int, default=200,
                         help="more epochs for small labeled sets: at least this many optimizer steps")
     args = parser.parse_args()
@@ -350,6 +370,8 @@ def main() -> None:
     if not args.reuse:
         save_tokenizer(load_tokenizer(data), model_dir)
     record["model_dir"] = model_dir
+    scratch_dir = scratch_model_dir(model_dir, args.scratch_set, work)
+    record["scratch_set"] = args.scratch_set
 
     base_recipe = recipe = FinetuneConfig(lr=args.ft_lr, epochs=args.ft_epochs, batch_size=args.ft_batch,
                                           layer_decay=args.ft_layer_decay, cpus_per_worker=args.threads)
@@ -366,9 +388,9 @@ def main() -> None:
             steps_per_epoch = math.ceil(len(task.train) / recipe.batch_size)
             recipe = dataclasses.replace(base_recipe, epochs=max(base_recipe.epochs,
                                                                  math.ceil(args.ft_min_steps / steps_per_epoch)))
-            key = scratch_key(model_dir, spec, labels, recipe, args.seeds)
+            key = scratch_key(scratch_dir, spec, labels, recipe, args.seeds)
             if key not in known:
-                known[key] = finetune_values(model_dir, "scratch", task, names, recipe, args.seeds,
+                known[key] = finetune_values(scratch_dir, "scratch", task, names, recipe, args.seeds,
                                              device=args.device)
                 with results_path.open("a") as handle:
                     handle.write(json.dumps({"kind": "scratch", "key": key, "task": name, "labels": labels,

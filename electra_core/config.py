@@ -114,6 +114,13 @@ class ElectraConfig:
     electra_core.initialization: at CPU scale a discriminator started the normal way never learns from context).
     Only initial values differ: the weights keep transformers' layout. Opt-in: a sentence classifier started
     from it has not learnt SST-2 in any configuration tried (benchmarks/results/disc_locality_probe.md)."""
+    neighbour_heads: int | None = None
+    """With attention_init neighbour: how many heads of each layer start on a neighbour (heads 0 to n-1, offsets
+    +1, -1, +2, ...); the others keep the normal initialisation and so start out attending to every token alike,
+    which a sentence classifier's [CLS] needs to pool a whole sentence. None: every head."""
+    neighbour_position_scale: float = 0.4
+    """With attention_init neighbour: the amplitude of the sinusoidal position rows (the token rows start with
+    std initializer_range, so a large amplitude makes every token's first vector mostly its position)."""
 
     def __post_init__(self) -> None:
         if self.id2label is not None:
@@ -152,6 +159,12 @@ class ElectraConfig:
         if self.attention_init not in ATTENTION_INITS:
             raise ValueError(f"ElectraConfig.attention_init must be one of {ATTENTION_INITS}, "
                              f"got {self.attention_init!r}")
+        if self.neighbour_heads is not None and not 0 <= self.neighbour_heads <= self.num_attention_heads:
+            raise ValueError(f"ElectraConfig.neighbour_heads must be None or 0 to num_attention_heads "
+                             f"({self.num_attention_heads}), got {self.neighbour_heads!r}")
+        if not self.neighbour_position_scale > 0.0:
+            raise ValueError(f"ElectraConfig.neighbour_position_scale must be > 0, "
+                             f"got {self.neighbour_position_scale!r}")
         if self.sampling_temperature <= 0.0:
             raise ValueError(f"ElectraConfig.sampling_temperature must be > 0, got {self.sampling_temperature!r}")
         if self.problem_type not in PROBLEM_TYPES:
@@ -188,6 +201,7 @@ class ElectraConfig:
             hidden_size=hidden,
             num_attention_heads=heads,
             intermediate_size=max(1, round(self.intermediate_size * fraction)),
+            neighbour_heads=None if self.neighbour_heads is None else min(self.neighbour_heads, heads),
         )
 
     def replace(self, **changes: Any) -> "ElectraConfig":

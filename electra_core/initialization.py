@@ -87,9 +87,10 @@ def set_query_key_product(attention: nn.Module, head: int, target: torch.Tensor)
 
 @torch.no_grad()
 def neighbour_attention_init(encoder: nn.Module, alpha: float = ALPHA, beta: float = BETA,
-                             position_scale: float = POSITION_SCALE) -> None:
-    """Re-initialises an ElectraModel's position table, embedding projection and attention as described above
-    (everything else keeps its normal initialisation)."""
+                             position_scale: float = POSITION_SCALE, heads: int | None = None) -> None:
+    """Re-initialises an ElectraModel's position table, embedding projection and the query-key weights of the
+    first `heads` heads of every layer (None: all) as described above; everything else keeps its normal
+    initialisation, so the other heads start out global."""
     from electra_core.modeling import ElectraSelfAttention  # here: modeling imports this module
 
     config = encoder.config
@@ -105,7 +106,7 @@ def neighbour_attention_init(encoder: nn.Module, alpha: float = ALPHA, beta: flo
     for module in encoder.modules():
         if isinstance(module, ElectraSelfAttention):
             width = module.query.weight.shape[1]
-            for head in range(module.num_heads):
+            for head in range(module.num_heads if heads is None else min(heads, module.num_heads)):
                 target = alpha * torch.randn(width, width) / math.sqrt(width)
                 # p(i) . R(-d) p(j) = p(i) . p(j - d): largest at j = i + d
                 target[:used, :used] += beta * shift_rotation(used, table_width, -head_offset(head))

@@ -248,7 +248,8 @@ class ElectraPreTrainedModel(PreTrainedMixin, nn.Module):
         if self.config.attention_init == "neighbour":
             for module in self.modules():
                 if isinstance(module, ElectraModel):
-                    neighbour_attention_init(module)
+                    neighbour_attention_init(module, heads=self.config.neighbour_heads,
+                                             position_scale=self.config.neighbour_position_scale)
         self.tie_weights()
 
     def _init_module(self, module: nn.Module) -> None:

@@ -137,7 +137,9 @@ def build_classifier(model_dir: str, start: str, seed: int, task: EncodedTask, l
                      rescale_embeddings: bool = False) -> ElectraForSequenceClassification:
     """The classifier a trial starts from: the pretrained discriminator with a new head (its embedding tables
     rescaled to the initialisation's RMS when asked: see FinetuneConfig.rescale_embeddings), or (scratch) random
-    weights of the same shape, built from the pretrained model's own config.json (the same tokenizer is used)."""
+    weights of the same shape, built from the pretrained model's own config.json (the same tokenizer is used).
+    The random weights are drawn as transformers draws them (attention_init normal, whatever the pretraining
+    used): the baseline is what a user who skips pretraining would start from."""
     regression = task.task_type == "regression"
     overrides = dict(num_labels=1 if regression else len(label_names),
                      id2label=None if regression else dict(enumerate(label_names)),
@@ -148,7 +150,8 @@ def build_classifier(model_dir: str, start: str, seed: int, task: EncodedTask, l
         if rescale_embeddings:
             model.electra.embeddings.rescale_(model.config.initializer_range)
         return model
-    config = ElectraConfig.load(storage.join(model_dir, "config.json")).replace(**overrides)
+    config = ElectraConfig.load(storage.join(model_dir, "config.json")).replace(attention_init="normal",
+                                                                                **overrides)
     return ElectraForSequenceClassification(config)
 
 

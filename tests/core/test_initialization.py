@@ -52,6 +52,22 @@ def test_every_fresh_head_starts_on_its_own_neighbour_in_the_discriminator_and_t
     assert max(max(s.values()) for s in attention_on_offsets(normal.discriminator.electra, input_ids)) < 0.05
 
 
+def test_neighbour_heads_leaves_the_other_heads_global_in_the_discriminator_and_the_generator():
+    config = ElectraConfig.from_preset("tiny", vocab_size=500, attention_init="neighbour", neighbour_heads=1)
+    torch.manual_seed(0)
+    model = ElectraPretrainingModel(config).eval()
+    input_ids = torch.randint(5, config.vocab_size, (2, 128), generator=torch.Generator().manual_seed(1))
+    for encoder in (model.discriminator.electra, model.generator.electra):
+        shares = attention_on_offsets(encoder, input_ids)
+        assert shares[0][head_offset(0)] > 0.6, shares[0]
+        assert len(shares) > 1 and all(max(row.values()) < 0.05 for row in shares[1:]), shares[1:]
+
+
+def test_a_neighbour_heads_count_beyond_the_heads_is_refused():
+    with pytest.raises(ValueError, match="neighbour_heads must be None or 0 to num_attention_heads"):
+        ElectraConfig.from_preset("tiny", attention_init="neighbour", neighbour_heads=5)
+
+
 def test_a_neighbour_initialised_classifier_loads_into_transformers_with_identical_outputs(tmp_path):
     config = ElectraConfig.from_preset("tiny", attention_init="neighbour")
     torch.manual_seed(2)

@@ -6,6 +6,7 @@ import gzip
 import json
 import logging
 import random
+import types
 
 import numpy as np
 import pytest
@@ -159,6 +160,25 @@ def test_regression_on_jsonl_pairs(model_dir, tmp_path):
     record = run_export(ExportConfig(model=str(tmp_path / "out"), output=str(tmp_path / "onnx")), log=lambda _: None)
     assert record["eval"]["exported"] == pytest.approx(result["metrics"]["value"], abs=1e-4)
     assert record["eval"]["max_abs_logit_difference"] < 1e-4
+
+
+def test_the_scratch_baseline_draws_its_weights_as_transformers_does_whatever_the_pretraining_init(tmp_path):
+    """A model pretrained with attention_init neighbour: its baseline is the normal random start a user would
+    make, not a second neighbour-initialised model (which fine-tunes differently)."""
+    from pipelines.finetune.loop import SCRATCH, build_classifier
+
+    tokenizer = electra_core.train_tokenizer([s for s, _ in sentiment_rows(200, 0)], vocab_size=120)
+    config = electra_core.ElectraConfig.from_preset("tiny", attention_init="neighbour",
+                                                    **electra_core.special_token_ids(tokenizer))
+    electra_core.ElectraForPreTraining(config).save_pretrained(str(tmp_path))
+    electra_core.save_tokenizer(tokenizer, str(tmp_path))
+    task = types.SimpleNamespace(task_type="classification")  # build_classifier reads only its type
+    baseline = build_classifier(str(tmp_path), SCRATCH, 0, task, ["0", "1"])
+    torch.manual_seed(0)
+    normal = electra_core.ElectraForSequenceClassification(baseline.config)
+    assert baseline.config.attention_init == "normal"
+    for name, tensor in normal.state_dict().items():
+        assert torch.equal(baseline.state_dict()[name], tensor), name
 
 
 @pytest.mark.usefixtures("local_ray")
