@@ -353,7 +353,15 @@ def read_tasks_locally(tasks: list[tuple[str, int]], workers: int, worker_args: 
     # mid-state.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start_local_worker, initargs=(worker_args,)) as pool:
-        pending = {pool.submit(_run_local_task, task): size for task, size in tasks}
+        # The pool starts its processes as tasks are submitted. Ctrl-C reaches the whole process group, and a
+        # worker still importing when it lands would print a traceback, so the workers are started with
+        # SIGINT ignored (an ignored signal stays ignored across exec, and Python keeps it so); the driver
+        # handles Ctrl-C.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            pending = {pool.submit(_run_local_task, task): size for task, size in tasks}
+        finally:
+            signal.signal(signal.SIGINT, previous)
         try:
             for future in as_completed(pending):
                 results.append(json.loads(future.result()))
@@ -399,7 +407,6 @@ _local_worker: "TaskTokenizer | None" = None
 
 def _start_local_worker(worker_args: dict) -> None:
     global _local_worker
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the driver handles it
     _local_worker = TaskTokenizer(**worker_args)
 
 
