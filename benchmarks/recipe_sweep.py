@@ -309,9 +309,10 @@ def main() -> None:
     parser.add_argument("--ft-batch", type=int, default=32)
     parser.add_argument("--ft-layer-decay", type=float, default=0.8)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--ft-rescale-embeddings", action="store_true",
-                        help="fine-tuning's rescale_embeddings (FinetuneConfig): the pretrained embedding tables at the "
-                             "initialisation's RMS, a function-preserving change")
+    parser.add_argument("--ft-rescale-embeddings", action=argparse.BooleanOptionalAction,
+                        default=FinetuneConfig.rescale_embeddings,
+                        help="fine-tuning's rescale_embeddings (FinetuneConfig, on by default as in the product): the "
+                             "pretrained embedding tables at the initialisation's RMS, a function-preserving change")
     parser.add_argument("--ft-relative-lr", action="store_true",
                         help="scale each matrix's fine-tuning lr by its RMS over the initialisation's")
     parser.add_argument("--ft-reinit-layers", type=int, default=0, help="re-initialise the top N encoder layers")
