@@ -7,6 +7,7 @@ read, normalise, tokenize, pack, write Parquet) -> commit (_manifest.json last) 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -15,6 +16,7 @@ import posixpath
 import random
 import signal
 import sys
+import threading
 import time
 import uuid
 from dataclasses import asdict, replace
@@ -353,15 +355,8 @@ def read_tasks_locally(tasks: list[tuple[str, int]], workers: int, worker_args: 
     # mid-state.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start_local_worker, initargs=(worker_args,)) as pool:
-        # The pool starts its processes as tasks are submitted. Ctrl-C reaches the whole process group, and a
-        # worker still importing when it lands would print a traceback, so the workers are started with
-        # SIGINT ignored (an ignored signal stays ignored across exec, and Python keeps it so); the driver
-        # handles Ctrl-C.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
+        with sigint_ignored_by_new_processes():  # the pool starts its processes as tasks are submitted
             pending = {pool.submit(_run_local_task, task): size for task, size in tasks}
-        finally:
-            signal.signal(signal.SIGINT, previous)
         try:
             for future in as_completed(pending):
                 results.append(json.loads(future.result()))
@@ -378,6 +373,22 @@ def read_tasks_locally(tasks: list[tuple[str, int]], workers: int, worker_args: 
                 process.terminate()
             raise
     return results
+
+
+@contextlib.contextmanager
+def sigint_ignored_by_new_processes():
+    """Processes started inside start with SIGINT ignored. Ctrl-C reaches the whole process group, and a worker
+    still importing when it lands would print its own traceback; the driver handles Ctrl-C. An ignored signal
+    stays ignored across exec, and Python then installs no handler of its own. Only the main thread may change
+    handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # Seconds between progress lines.

@@ -547,6 +547,22 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_next_run_completes(tmp_path):
     assert load_committed_dataset(str(output))["counts"]["files_read"] == 4
 
 
+def test_tokenizer_processes_start_with_ctrl_c_ignored_so_only_the_driver_answers_it():
+    # Ctrl-C reaches the whole process group; a worker that had Python's handler while still importing would
+    # print its own traceback. The disposition is read inside a freshly spawned worker.
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pipelines.prepare.stage import sigint_ignored_by_new_processes
+
+    handler_before = signal.getsignal(signal.SIGINT)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with sigint_ignored_by_new_processes():
+            in_worker = pool.submit(signal.getsignal, signal.SIGINT)
+        assert in_worker.result(timeout=60) == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) is handler_before
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Bad input
 # ----------------------------------------------------------------------------------------------------------
