@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 
 from electra_core import storage
@@ -127,6 +128,7 @@ def outcome_lines(metrics: dict) -> list[str]:
         f" (median of {trials} trials, mean {summary['mean']:.4f} ± {summary['std']:.4f})" if trials > 1 else "")
     lines = [f"electra finetune: {score}; kept the trial with seed {metrics['kept_trial_seed']} "
              f"(best epoch {metrics['best_epoch']}) in {metrics['seconds_total']:.0f} s"]
+    lines += plateau_warnings(metrics)
     baseline = metrics.get("baseline")
     if baseline is None:
         return lines
@@ -139,6 +141,36 @@ def outcome_lines(metrics: dict) -> list[str]:
                      f"{gain:+.4f} {metric} against the same recipe from random weights, so on this task it is worth "
                      f"no more than skipping pretraining. Pretrain longer or on more text, or check the loss plot "
                      f"(a discriminator loss at its prior means the discriminator learned nothing).")
+    return lines
+
+
+# A trial whose best epoch still has a train loss within this share of ln(labels), the loss of a uniform guess,
+# and whose eval predictions carry no correlation with the labels, never left chance.
+PLATEAU_SHARE = 0.97
+
+
+def never_left_chance(trial: dict, num_labels: int) -> bool:
+    record = trial["eval"]
+    return (record.get("mcc", 1.0) <= 0.0
+            and record.get("train_loss", 0.0) >= PLATEAU_SHARE * math.log(num_labels))
+
+
+def plateau_warnings(metrics: dict) -> list[str]:
+    """Classification trials that never left chance, in plain words: a fine-tune that sat on the plateau where
+    the head sees almost the same input for every example (#19: whether it leaves it within a run can depend
+    on the data order), not a verdict on what pretraining learned."""
+    if metrics.get("task_type") != "classification" or len(metrics.get("labels", [])) < 2:
+        return []
+    num_labels = len(metrics["labels"])
+    lines = []
+    for what, trials in (("from the pretrained encoder", metrics["trials"]),
+                         ("of the baseline (random weights)", metrics.get("baseline", {}).get("trials", []))):
+        stuck = [t["seed"] for t in trials if never_left_chance(t, num_labels)]
+        if stuck:
+            lines.append(f"warning: {len(stuck)} of {len(trials)} trials {what} never left chance (seeds "
+                         f"{', '.join(map(str, stuck))}: train loss at ln {num_labels} = {math.log(num_labels):.3f}, "
+                         f"eval predictions uncorrelated with the labels); the fine-tune sat on a plateau. Try more "
+                         f"--epochs or --trials, or another --lr.")
     return lines
 
 

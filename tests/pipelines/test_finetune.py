@@ -214,7 +214,8 @@ def test_trials_against_the_scratch_baseline_report_the_pretraining_gain(model_d
     predictions = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert np.mean([p["prediction"] == p["label"] for p in predictions]) == pytest.approx(kept["value"])
     text = "\n".join(lines)
-    assert "median of 3 trials" in text and "pretraining gain +" in text and "warning" not in text
+    assert "median of 3 trials" in text and "pretraining gain +" in text
+    assert "pretraining did not help" not in text and "pretrained encoder never left chance" not in text
 
     client = mlflow.MlflowClient(tracking_uri=registry)
     version = client.get_model_version_by_alias("gain-model", "champion")
@@ -233,6 +234,28 @@ def test_a_gain_of_zero_or_less_is_a_plain_warning(gain, warned):
     lines = outcome_lines(metrics)
     assert f"pretraining gain {gain:+.4f}" in lines[1]
     assert any(line.startswith("warning: pretraining did not help") for line in lines) == warned
+
+
+def trial(seed: int, train_loss: float, mcc: float) -> dict:
+    return {"seed": seed, "value": 0.5, "eval": {"epoch": 2, "train_loss": train_loss, "accuracy": 0.5, "mcc": mcc}}
+
+
+def test_trials_that_never_left_chance_are_named_with_their_seeds():
+    summary = {"mean": 0.6, "median": 0.5, "std": 0.1, "min": 0.5, "max": 0.8, "n": 3}
+    metrics = {"metric": "accuracy", "value": 0.5, "summary": summary, "kept_trial_seed": 1, "best_epoch": 2,
+               "seconds_total": 30.0, "task_type": "classification", "labels": ["neg", "pos"],
+               # seed 0 learned; seed 1 sat at ln 2 predicting one class; seed 2's loss fell though its eval did not
+               "trials": [trial(0, 0.41, 0.55), trial(1, 0.6931, 0.0), trial(2, 0.52, 0.0)],
+               "baseline": {"summary": summary, "seconds": 9.0, "trials": [trial(s, 0.45, 0.5) for s in range(3)]},
+               "pretraining_gain": {"mean": 0.01}}
+    warnings = [line for line in outcome_lines(metrics) if line.startswith("warning")]
+    assert len(warnings) == 1
+    assert "1 of 3 trials from the pretrained encoder never left chance (seeds 1:" in warnings[0]
+    assert "ln 2 = 0.693" in warnings[0] and "--epochs" in warnings[0]
+
+    three_labels = {**metrics, "labels": ["a", "b", "c"], "trials": [trial(0, 1.0986, 0.0)]}
+    assert any("(seeds 0: train loss at ln 3 = 1.099" in line for line in outcome_lines(three_labels))
+    assert not any("never left chance" in line for line in outcome_lines({**metrics, "task_type": "regression"}))
 
 
 def test_layerwise_decay_is_the_references():
