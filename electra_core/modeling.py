@@ -435,6 +435,67 @@ class ElectraForSequenceClassification(ElectraPreTrainedModel):
         return F.cross_entropy(logits, labels)
 
 
+class ElectraForTokenClassification(ElectraPreTrainedModel):
+    """The encoder plus a linear tag classifier on every token (transformers' names: dropout, classifier)."""
+
+    architecture = "ElectraForTokenClassification"
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__(config)
+        self.electra = ElectraModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> ModelOutput:
+        """labels: a tag id per token, -100 where no tag is predicted (sub-words after a word's first, specials,
+        padding: the transformers convention)."""
+        logits = self.classifier(self.dropout(self.electra(input_ids, attention_mask, token_type_ids)))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
+        return ModelOutput(logits=logits, loss=loss)
+
+
+@dataclass
+class QuestionAnsweringOutput:
+    start_logits: torch.Tensor
+    end_logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+class ElectraForQuestionAnswering(ElectraPreTrainedModel):
+    """The encoder plus a start and an end logit per token for extractive question answering (transformers'
+    name: qa_outputs, with config.num_labels = 2)."""
+
+    architecture = "ElectraForQuestionAnswering"
+
+    def __init__(self, config: ElectraConfig):
+        if config.num_labels != 2:
+            raise ValueError(f"ElectraForQuestionAnswering needs num_labels=2 (a start and an end logit), "
+                             f"got {config.num_labels}")
+        super().__init__(config)
+        self.electra = ElectraModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None,
+                end_positions=None) -> QuestionAnsweringOutput:
+        """start_positions / end_positions: the answer's first and last token (0, the [CLS] token, for no
+        answer); the loss is the mean of the two cross-entropies, as in transformers."""
+        logits = self.qa_outputs(self.electra(input_ids, attention_mask, token_type_ids))
+        start_logits, end_logits = (part.squeeze(-1).contiguous() for part in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            length = start_logits.shape[1]  # positions outside the sequence are ignored, as transformers does
+            start = start_positions.clamp(0, length)
+            end = end_positions.clamp(0, length)
+            loss = (F.cross_entropy(start_logits, start, ignore_index=length)
+                    + F.cross_entropy(end_logits, end, ignore_index=length)) / 2
+        return QuestionAnsweringOutput(start_logits, end_logits, loss)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Pretraining: generator + discriminator with shared embeddings
 # ----------------------------------------------------------------------------------------------------------

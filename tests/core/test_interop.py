@@ -9,7 +9,8 @@ import transformers
 import electra_core
 from electra_core import ElectraConfig
 
-CLASSES = ["ElectraForPreTraining", "ElectraForMaskedLM", "ElectraForSequenceClassification"]
+CLASSES = ["ElectraForPreTraining", "ElectraForMaskedLM", "ElectraForSequenceClassification",
+           "ElectraForTokenClassification"]
 TOLERANCE = 1e-4
 
 
@@ -117,3 +118,47 @@ def test_tokenizer_loads_as_electra_tokenizer_fast_with_the_same_ids(tmp_path, s
         assert encoded["token_type_ids"] == ours.type_ids
     assert theirs.mask_token_id == tokenizer.token_to_id("[MASK]")
     assert theirs.pad_token_id == 0
+
+
+@pytest.mark.parametrize("direction", ["ours-to-transformers", "transformers-to-ours"])
+def test_question_answering_models_move_both_ways_with_identical_start_end_logits_and_loss(tmp_path, direction):
+    config = ElectraConfig.from_preset("tiny", embedding_size=16)
+    torch.manual_seed(4)
+    if direction == "ours-to-transformers":
+        ours = electra_core.ElectraForQuestionAnswering(config).eval()
+        ours.save_pretrained(str(tmp_path))
+        theirs = transformers.ElectraForQuestionAnswering.from_pretrained(tmp_path).eval()
+    else:
+        theirs = transformers.ElectraForQuestionAnswering(transformers.ElectraConfig(**config.to_hf_dict())).eval()
+        theirs.save_pretrained(tmp_path)
+        ours = electra_core.ElectraForQuestionAnswering.from_pretrained(str(tmp_path)).eval()
+    inputs = batch(config, seed=5)
+    # One answer inside, one "no answer" at [CLS], one past the end (ignored, as transformers does).
+    positions = dict(start_positions=torch.tensor([3, 0, 40]), end_positions=torch.tensor([6, 0, 41]))
+    with torch.no_grad():
+        mine, reference = ours(**inputs, **positions), theirs(**inputs, **positions)
+    mask = inputs["attention_mask"]
+    assert max_difference(mine.start_logits, reference.start_logits, mask) <= TOLERANCE
+    assert max_difference(mine.end_logits, reference.end_logits, mask) <= TOLERANCE
+    assert mine.loss.item() == pytest.approx(reference.loss.item(), abs=TOLERANCE)
+
+
+def test_token_classification_loss_skips_ignored_positions_as_transformers_does(tmp_path):
+    config = tiny_config(16)
+    torch.manual_seed(6)
+    ours = electra_core.ElectraForTokenClassification(config).eval()
+    ours.save_pretrained(str(tmp_path))
+    theirs = transformers.ElectraForTokenClassification.from_pretrained(tmp_path).eval()
+    inputs = batch(config, seed=7)
+    labels = torch.randint(0, 3, inputs["input_ids"].shape, generator=torch.Generator().manual_seed(8))
+    labels[:, 0] = -100  # [CLS]
+    labels[1, 17:] = -100  # padding
+    with torch.no_grad():
+        loss, reference = ours(**inputs, labels=labels).loss, theirs(**inputs, labels=labels).loss
+    assert loss.item() == pytest.approx(reference.item(), abs=TOLERANCE)
+    assert theirs.config.id2label == {0: "neg", 1: "neutral", 2: "pos"}
+
+
+def test_a_question_answering_model_needs_a_start_and_an_end_logit():
+    with pytest.raises(ValueError, match="num_labels=2"):
+        electra_core.ElectraForQuestionAnswering(ElectraConfig.from_preset("tiny", num_labels=3))
