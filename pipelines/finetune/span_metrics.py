@@ -1,0 +1,158 @@
+"""Metrics of the span tasks (#17): entity-level precision, recall and F1 of sequence tagging, as seqeval's
+default mode (the CoNLL-2000 conlleval script) defines them, and SQuAD's exact match and F1 with its answer
+normalisation, as the official SQuAD 1.1 / 2.0 evaluation scripts define them.
+
+Pure Python: the definitions are short, and the reference packages would add scikit-learn to the install.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import string
+
+# Tag prefixes of the entity schemes: IOB1, IOB2 (BIO) and BIOES (IOBES). "O" is outside every entity.
+ENTITY_PREFIXES = ("B", "I", "E", "S")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sequence tagging
+# ----------------------------------------------------------------------------------------------------------
+
+
+def is_entity_tag_set(tags) -> bool:
+    """Whether every tag is "O" or PREFIX-TYPE with an entity prefix: then scores are per entity, else per token."""
+    return all(tag == "O" or (tag[:2] in {f"{p}-" for p in ENTITY_PREFIXES} and len(tag) > 2) for tag in tags)
+
+
+def _split(tag: str) -> tuple[str, str]:
+    return ("O", "") if tag == "O" else (tag[0], tag[2:])
+
+
+def _ends_before(previous: tuple[str, str], current: tuple[str, str]) -> bool:
+    """Whether an entity open at the previous tag ends before the current one (conlleval's endOfChunk)."""
+    prev_prefix, prev_type = previous
+    prefix, type_ = current
+    if prev_prefix in ("E", "S"):
+        return True
+    if prev_prefix in ("B", "I") and prefix in ("B", "S", "O"):
+        return True
+    return prev_prefix != "O" and prev_type != type_
+
+
+def _starts_at(previous: tuple[str, str], current: tuple[str, str]) -> bool:
+    """Whether an entity starts at the current tag (conlleval's startOfChunk): an I or E after O, E or S
+    starts one too, so IOB1 and sloppy BIO are read as conlleval reads them."""
+    prev_prefix, prev_type = previous
+    prefix, type_ = current
+    if prefix in ("B", "S"):
+        return True
+    if prefix in ("I", "E") and prev_prefix in ("O", "E", "S"):
+        return True
+    return prefix != "O" and prev_type != type_
+
+
+def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
+    """(type, first, last) of every entity of one sentence's tags, positions inclusive."""
+    spans = []
+    previous, start = ("O", ""), None
+    for position, tag in enumerate([*tags, "O"]):  # the closing O ends an entity left open
+        current = _split(tag)
+        if start is not None and _ends_before(previous, current):
+            spans.append((previous[1], start, position - 1))
+            start = None
+        if _starts_at(previous, current):
+            start = position
+        previous = current
+    return spans
+
+
+def tagging_metrics(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
+    """Token accuracy always; for entity tag sets, micro precision, recall and F1 over entities (an entity is
+    right when its type and both ends are); for other tag sets F1 is the macro F1 over tags, per token."""
+    if len(gold) != len(predicted) or any(len(g) != len(p) for g, p in zip(gold, predicted)):
+        raise ValueError("gold and predicted tags differ in shape")
+    tokens = sum(len(sentence) for sentence in gold)
+    correct = sum(g == p for gs, ps in zip(gold, predicted) for g, p in zip(gs, ps))
+    metrics = {"accuracy": correct / tokens if tokens else 0.0}
+    tag_set = {tag for sentence in gold + predicted for tag in sentence}
+    if is_entity_tag_set(tag_set):
+        true = {(i, *span) for i, sentence in enumerate(gold) for span in entity_spans(sentence)}
+        found = {(i, *span) for i, sentence in enumerate(predicted) for span in entity_spans(sentence)}
+        hits = len(true & found)
+        precision = hits / len(found) if found else 0.0
+        recall = hits / len(true) if true else 0.0
+        metrics.update(precision=precision, recall=recall, f1=_harmonic(precision, recall), scheme="entity")
+        return metrics
+    f1s = []
+    for tag in sorted(tag_set):
+        pairs = [(g == tag, p == tag) for gs, ps in zip(gold, predicted) for g, p in zip(gs, ps)]
+        hits = sum(g and p for g, p in pairs)
+        predicted_count, gold_count = sum(p for _, p in pairs), sum(g for g, _ in pairs)
+        f1s.append(_harmonic(hits / predicted_count if predicted_count else 0.0,
+                             hits / gold_count if gold_count else 0.0))
+    metrics.update(f1=sum(f1s) / len(f1s) if f1s else 0.0, scheme="token")
+    return metrics
+
+
+def _harmonic(precision: float, recall: float) -> float:
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Extractive question answering
+# ----------------------------------------------------------------------------------------------------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation: lower case, punctuation removed, the articles a / an / the removed, whitespace
+    collapsed (in that order, as the official script)."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """F1 of the normalised answers' token bags; when either is empty (no answer), 1 only if both are."""
+    predicted, true = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not predicted or not true:
+        return float(predicted == true)
+    common = sum((collections.Counter(predicted) & collections.Counter(true)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(true)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_metrics(predictions: list[str], golds: list[list[str]]) -> dict[str, float]:
+    """exact and f1 in percent, each the best over a question's gold answers; a question with no gold answer
+    (SQuAD 2.0's unanswerable) is right only when the prediction is "" too. With both kinds present, HasAns_*
+    and NoAns_* give the two splits, as the 2.0 script does."""
+    if len(predictions) != len(golds):
+        raise ValueError(f"{len(predictions)} predictions for {len(golds)} questions")
+    rows = []
+    for prediction, answers in zip(predictions, golds):
+        answerable = bool(answers)
+        answers = [a for a in answers if normalize_answer(a)] or [""]  # as the 2.0 script
+        rows.append((answerable, max(exact_match(prediction, a) for a in answers),
+                     max(token_f1(prediction, a) for a in answers)))
+    metrics = _percentages(rows)
+    answerable = [row for row in rows if row[0]]
+    unanswerable = [row for row in rows if not row[0]]
+    if answerable and unanswerable:
+        for name, subset in (("HasAns", answerable), ("NoAns", unanswerable)):
+            split = _percentages(subset)
+            metrics.update({f"{name}_exact": split["exact"], f"{name}_f1": split["f1"], f"{name}_total": len(subset)})
+    return metrics
+
+
+def _percentages(rows: list[tuple[bool, float, float]]) -> dict[str, float]:
+    total = len(rows)
+    return {"exact": 100.0 * sum(r[1] for r in rows) / total if total else 0.0,
+            "f1": 100.0 * sum(r[2] for r in rows) / total if total else 0.0, "total": total}
