@@ -91,11 +91,25 @@ def model_config(args, data: str) -> ElectraConfig:
                                 manifest)
 
 
+def warm_start_encoder(model: ElectraPretrainingModel, source: str) -> None:
+    """The encoder (embeddings and layers) of a saved model of the same shape, e.g. a masked-LM run's, as the
+    starting point of the model the run trains: the discriminator's, or the masked LM's for objective mlm
+    (two-stage pretraining, Clark et al. 2020 section 3.2, with an MLM-trained start instead of a generator)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(source) / "model.safetensors"))
+    encoder_state = {k.removeprefix("electra."): v for k, v in state.items() if k.startswith("electra.")}
+    target = model.discriminator if model.discriminator is not None else model.generator
+    target.electra.load_state_dict(encoder_state, strict=True)
+
+
 def pretrain(config: ElectraConfig, rows: dict, args) -> tuple[ElectraPretrainingModel, dict]:
     """The pipeline's step in one process; returns the model and what the run did."""
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     model = ElectraPretrainingModel(config).train()
+    if args.warm_start:
+        warm_start_encoder(model, args.warm_start)
     if args.unigram_bias:
         # The generator starts out sampling words at their corpus frequency instead of uniformly.
         counts = torch.bincount(rows["input_ids"].flatten(), minlength=config.vocab_size).double()
@@ -319,6 +333,9 @@ def main() -> None:
     parser.add_argument("--cache", default="/tmp/recipe-sweep")
     parser.add_argument("--results", default=str(HERE / "results" / "sweep.jsonl"))
     parser.add_argument("--tag", default="")
+    parser.add_argument("--warm-start", default=None, metavar="MODEL_DIR",
+                        help="start the encoder from a saved model of the same shape (e.g. a masked-LM run's); "
+                             "its budget is not counted here")
     parser.add_argument("--reuse", default=None, metavar="MODEL_DIR",
                         help="fine-tune a discriminator saved by an earlier run instead of pretraining")
     parser.add_argument("--scratch-set", action="append", default=[], metavar="FIELD=VALUE",
@@ -350,7 +367,7 @@ def main() -> None:
               "vocab_size": args.vocab_size, "seq_len": args.seq_len, "preset": args.preset, "set": args.set,
               "objective": args.objective, "precision": args.precision, "threads": args.threads, "device": args.device,
               "lr": args.lr,
-              "warmup": args.warmup, "clip": args.clip, "unigram_bias": args.unigram_bias, "weight_decay": args.weight_decay, "disc_warmup": args.disc_warmup, "temperature_from": args.temperature_from, "finetune_dropout": args.finetune_dropout, "batch": args.batch, "budget": {"flops": args.flops, "minutes": args.minutes, "steps": args.steps}}
+              "warmup": args.warmup, "clip": args.clip, "unigram_bias": args.unigram_bias, "weight_decay": args.weight_decay, "disc_warmup": args.disc_warmup, "temperature_from": args.temperature_from, "finetune_dropout": args.finetune_dropout, "warm_start": args.warm_start, "batch": args.batch, "budget": {"flops": args.flops, "minutes": args.minutes, "steps": args.steps}}
     print(f"# {args.tag}: {json.dumps({k: record[k] for k in ('preset', 'set', 'objective', 'precision', 'lr', 'budget')})}",
           flush=True)
     if args.reuse:  # another fine-tuning recipe for a model pretrained before
