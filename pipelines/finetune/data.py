@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -79,6 +80,20 @@ class Utf8Repair:
         shown = ", ".join(self.places[:5]) + (f" and {len(self.places) - 5} more" if len(self.places) > 5 else "")
         return (f"{self.uri}: {self.replaced} invalid UTF-8 bytes replaced with U+FFFD ({shown}); "
                 "--strict refuses such a file")
+
+
+def jsonl_objects(uri: str, text: str, expected: str):
+    """(row, object) for each non-blank line of a JSONL text, rows from 1; a line that is not a JSON object is
+    a one-line InputError naming the row and what the object should hold (`expected`)."""
+    rows = (line for line in text.split("\n") if line.strip())
+    for row, line in enumerate(rows, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputError(f"{uri}: row {row}: not JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{uri}: row {row}: not a JSON object with {expected}")
+        yield row, record
 
 
 def read_table(uri: str, repair: Utf8Repair | None = None) -> pa.Table:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from electra_core import storage
 from pipelines.errors import InputError
+from pipelines.finetune.data import jsonl_objects
 
 
 @dataclass
@@ -34,8 +35,8 @@ def read_questions(uri: str) -> list[QuestionExample]:
     except UnicodeDecodeError:
         raise InputError(f"{uri}: not UTF-8 text") from None
     if uri.lower().endswith((".jsonl", ".ndjson")):
-        examples = [_jsonl_question(uri, row, line) for row, line in
-                    enumerate((line for line in text.split("\n") if line.strip()), start=1)]
+        examples = [_jsonl_question(uri, row, record) for row, record in
+                    jsonl_objects(uri, text, "'question', 'context' and 'answers'")]
     else:
         examples = _squad_questions(uri, text)
     if not examples:
@@ -75,13 +76,7 @@ def _squad_questions(uri: str, text: str) -> list[QuestionExample]:
     return examples
 
 
-def _jsonl_question(uri: str, row: int, line: str) -> QuestionExample:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise InputError(f"{uri}: row {row}: not JSON ({error.msg})") from None
-    if not isinstance(record, dict):
-        raise InputError(f"{uri}: row {row}: not a JSON object with 'question', 'context' and 'answers'")
+def _jsonl_question(uri: str, row: int, record: dict) -> QuestionExample:
     answers = record.get("answers", {"text": [], "answer_start": []})
     if not isinstance(answers, dict) or not isinstance(answers.get("text"), list) \
             or not isinstance(answers.get("answer_start"), list) or len(answers["text"]) != len(answers["answer_start"]):

@@ -10,13 +10,12 @@ Every problem is a one-line InputError naming the file and the line (CoNLL) or r
 from __future__ import annotations
 
 import gzip
-import json
 import zlib
 from dataclasses import dataclass, field
 
 from electra_core import storage
 from pipelines.errors import InputError
-from pipelines.finetune.data import Utf8Repair
+from pipelines.finetune.data import Utf8Repair, jsonl_objects
 
 # The label of a position that has no tag of its own: [CLS], [SEP], padding, a word's later sub-words.
 IGNORED = -100
@@ -85,14 +84,7 @@ def _conll_sentences(uri: str, text: str) -> tuple[list[list[str]], list[list[st
 
 def _jsonl_sentences(uri: str, text: str) -> tuple[list[list[str]], list[list[str]]]:
     words, tags = [], []
-    rows = [line for line in text.split("\n") if line.strip()]
-    for row, line in enumerate(rows, start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InputError(f"{uri}: row {row}: not JSON ({error.msg})") from None
-        if not isinstance(record, dict):
-            raise InputError(f"{uri}: row {row}: not a JSON object with 'tokens' and 'tags'")
+    for row, record in jsonl_objects(uri, text, "'tokens' and 'tags'"):
         sentence_words, sentence_tags = record.get("tokens"), record.get("tags")
         for field_name, value in (("tokens", sentence_words), ("tags", sentence_tags)):
             if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
