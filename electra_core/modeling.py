@@ -330,12 +330,22 @@ class ElectraGeneratorPredictions(nn.Module):
         return self.LayerNorm(F.gelu(self.dense(hidden_states)))
 
 
+def classifier_dropout(config: ElectraConfig) -> float:
+    """A task head's dropout: classifier_dropout when set, else hidden_dropout_prob (as transformers)."""
+    return config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+
+
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over every position, skipping labels of -100 (the transformers convention)."""
+    return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
+
+
 class ElectraClassificationHead(nn.Module):
     """[CLS] state -> dense -> gelu -> out_proj, with dropout before each projection (as transformers)."""
 
     def __init__(self, config: ElectraConfig):
         super().__init__()
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        dropout = classifier_dropout(config)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = Dropout(dropout)
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
@@ -402,7 +412,7 @@ class ElectraForMaskedLM(ElectraPreTrainedModel):
         logits = self.vocabulary_logits(self.electra(input_ids, attention_mask, token_type_ids))
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
+            loss = token_cross_entropy(logits, labels)
         return ModelOutput(logits=logits, loss=loss)
 
 
@@ -443,8 +453,7 @@ class ElectraForTokenClassification(ElectraPreTrainedModel):
     def __init__(self, config: ElectraConfig):
         super().__init__(config)
         self.electra = ElectraModel(config)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = Dropout(dropout)
+        self.dropout = Dropout(classifier_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.init_weights()
 
@@ -454,7 +463,7 @@ class ElectraForTokenClassification(ElectraPreTrainedModel):
         logits = self.classifier(self.dropout(self.electra(input_ids, attention_mask, token_type_ids)))
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
+            loss = token_cross_entropy(logits, labels)
         return ModelOutput(logits=logits, loss=loss)
 
 

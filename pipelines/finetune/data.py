@@ -96,9 +96,8 @@ def jsonl_objects(uri: str, text: str, expected: str):
         yield row, record
 
 
-def read_table(uri: str, repair: Utf8Repair | None = None) -> pa.Table:
-    name = uri.lower().removesuffix(".gz")
-    repair = repair or Utf8Repair(uri, strict=False)
+def read_file_bytes(uri: str) -> bytes:
+    """A file's bytes, gunzipped when its name ends in .gz; a missing or broken file is a one-line InputError."""
     try:
         data = storage.read_bytes(uri)
     except FileNotFoundError:
@@ -111,6 +110,13 @@ def read_table(uri: str, repair: Utf8Repair | None = None) -> pa.Table:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as error:  # not gzip, or cut short
             raise InputError(f"{uri}: not a readable gzip file ({error})") from None
+    return data
+
+
+def read_table(uri: str, repair: Utf8Repair | None = None) -> pa.Table:
+    name = uri.lower().removesuffix(".gz")
+    repair = repair or Utf8Repair(uri, strict=False)
+    data = read_file_bytes(uri)
     if not name.endswith((".parquet", ".pq")):
         # pyarrow would read a column holding one invalid byte as binary, every value of it then bytes.
         data = repair.whole_file(data)

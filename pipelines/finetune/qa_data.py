@@ -184,7 +184,8 @@ def best_answer(example: QuestionExample, example_windows: list[Window], start_l
                 score = starts[i] + ends[j]
                 if best is None or score > best[0]:
                     best = (score, window.offsets[i][0], window.offsets[j][1])
+    null = 0.0 if null is None else null
     if best is None:
-        return Answer("", null if null is not None else 0.0, -1, null if null is not None else 0.0)
+        return Answer("", null, -1, null)
     score, begin, end = best
     return Answer(example.context[begin:end], score, begin, null)

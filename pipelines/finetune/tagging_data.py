@@ -9,13 +9,10 @@ Every problem is a one-line InputError naming the file and the line (CoNLL) or r
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from dataclasses import dataclass, field
 
-from electra_core import storage
 from pipelines.errors import InputError
-from pipelines.finetune.data import Utf8Repair, jsonl_objects
+from pipelines.finetune.data import Utf8Repair, jsonl_objects, read_file_bytes
 
 # The label of a position that has no tag of its own: [CLS], [SEP], padding, a word's later sub-words.
 IGNORED = -100
@@ -36,18 +33,8 @@ class TaggedData:
 
 def read_tagged(uri: str, strict: bool = False) -> TaggedData:
     repair = Utf8Repair(uri, strict)
-    try:
-        data = storage.read_bytes(uri)
-    except FileNotFoundError:
-        raise InputError(f"{uri}: no such file") from None
-    name = uri.lower()
-    if name.endswith(".gz"):
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as error:
-            raise InputError(f"{uri}: not a readable gzip file ({error})") from None
-        name = name.removesuffix(".gz")
-    text = repair.whole_file(data).decode("utf-8")
+    name = uri.lower().removesuffix(".gz")
+    text = repair.whole_file(read_file_bytes(uri)).decode("utf-8")
     if name.endswith((".jsonl", ".json", ".ndjson")):
         words, tags = _jsonl_sentences(uri, text)
     else:
