@@ -270,6 +270,12 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 
 BASELINES = ("scratch", "none")
+# The fine-tune task types and the metrics each may select its best epoch by (the first is the default).
+TASK_METRICS = {
+    "classification": ("accuracy", "f1", "mcc"),
+    "regression": ("pearson", "spearman"),
+    "token-classification": ("f1", "accuracy"),
+}
 
 
 @dataclass
@@ -279,13 +285,15 @@ class FinetuneConfig:
     model: str = ""
     """A Hugging Face-format discriminator directory, or a pretrain run (its export is used)."""
     train: str = ""
-    """Training data: .tsv, .csv, .jsonl or .parquet on any storage URI."""
+    """Training data on any storage URI: .tsv, .csv, .jsonl or .parquet rows; for token-classification CoNLL-style
+    text (a token and its tag per line, the tag last, a blank line between sentences) or JSONL `tokens`/`tags`."""
     eval: str = ""
     """Evaluation data, same format; the best epoch on it is kept."""
     output: str = ""
     """Output directory: the classifier (Hugging Face format), metrics.json, predictions.jsonl."""
     task_type: str = "classification"
-    """classification (integer or string labels) or regression (float targets, STS-B style)."""
+    """classification (integer or string labels), regression (float targets, STS-B style) or
+    token-classification (a tag per word: named entities in BIO/IOB2/BIOES, or any other tag set)."""
     text_column: str | None = None
     """Column of the (first) text; None detects sentence/text/sentence1/question."""
     text_pair_column: str | None = None
@@ -334,16 +342,17 @@ class FinetuneConfig:
     """scratch: also fine-tune random weights of the pretrained model's shape (its own config.json and tokenizer)
     with the same data, settings and seeds, and report the pretraining gain; none: skip it (half the time)."""
     metric: str | None = None
-    """Eval metric that picks the best epoch (and gates promotion): accuracy, f1, mcc, pearson, spearman;
-    None means accuracy for classification and pearson for regression."""
+    """Eval metric that picks the best epoch (and gates promotion): accuracy, f1, mcc (classification), pearson,
+    spearman (regression), f1, accuracy (token-classification: entity-level F1 for entity tag sets, macro F1 over
+    tags otherwise; token accuracy); None means the first of these for the task type."""
     register: str | None = None
     """Register the result as a new version of this MLflow model (gated promotion to @champion)."""
     tracking_uri: str | None = None
     """MLflow tracking URI; None: MLFLOW_TRACKING_URI, else the embedded default (sqlite under outputs/)."""
 
     def __post_init__(self) -> None:
-        if self.task_type not in ("classification", "regression"):
-            raise ValueError(f"task_type must be classification or regression, got {self.task_type!r}")
+        if self.task_type not in TASK_METRICS:
+            raise ValueError(f"task_type must be one of {', '.join(TASK_METRICS)}, got {self.task_type!r}")
         for name in ("epochs", "batch_size", "max_seq_len", "workers", "cpus_per_worker", "trials",
                      "max_nonfinite_steps"):
             if getattr(self, name) < 1:
@@ -365,7 +374,7 @@ class FinetuneConfig:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
-        allowed = ("accuracy", "f1", "mcc") if self.task_type == "classification" else ("pearson", "spearman")
+        allowed = TASK_METRICS[self.task_type]
         if self.metric is not None and self.metric not in allowed:
             raise ValueError(f"metric must be one of {allowed} for {self.task_type}, got {self.metric!r}")
         if self.batch_size % self.workers:

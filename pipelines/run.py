@@ -158,7 +158,8 @@ def finetune_config(values: dict[str, Any], pipeline: PipelineConfig, pretrained
         values.setdefault("eval", demo["eval"])
     for name in ("train", "eval"):
         if not values.get(name):
-            raise InputError(f"{where}: finetune.{name} is required (labeled data: .tsv, .csv, .jsonl or .parquet)")
+            raise InputError(f"{where}: finetune.{name} is required (labeled data: .tsv, .csv, .jsonl or .parquet; "
+                             "tagged sentences for token-classification)")
     if "tracking_uri" not in values and not os.environ.get("MLFLOW_TRACKING_URI") and "://" not in pipeline.root:
         # The embedded registry lives with the pipeline's outputs (not in the working directory, which is a
         # temporary copy under `ray job submit`).
@@ -195,7 +196,8 @@ def finetune_summary(finetuned: dict) -> dict:
     """The fine-tune's line of the summary: the median over trials and, with a baseline, its score and the gain."""
     metrics = finetuned["metrics"]
     summary = {"output": finetuned["output"], "skipped": finetuned["skipped"], "metric": metrics["metric"],
-               "value": metrics["value"], "trials": metrics["summary"]["n"], "seconds": metrics["seconds"]}
+               "value": metrics["value"], "trials": metrics["summary"]["n"], "seconds": metrics["seconds"],
+               "task_type": metrics.get("task_type", "classification")}
     if "baseline" in metrics:
         summary.update(baseline=metrics["baseline"]["kind"], baseline_value=metrics["baseline"]["summary"]["median"],
                        baseline_seconds=metrics["baseline"]["seconds"],
@@ -237,16 +239,19 @@ def print_summary(summary: dict, log=print) -> None:
         verdict = "" if finetune["pretraining_gain"] > 0 else "  <- pretraining did not help"
         lines.append(f"  gain         {finetune['pretraining_gain']:+.4f} {finetune['metric']} from pretraining "
                      f"(mean over trials){verdict}")
+    tagger = finetune.get("task_type") == "token-classification"
+    model_class = "ElectraForTokenClassification" if tagger else "ElectraForSequenceClassification"
+    example = "{'tokens': [['Ada', 'Lovelace', '...']]}" if tagger else "{'sentence': ['...']}"
     if registry:
         lines += [
             f"  registered   {registry['name']} version {registry['version']}: {registry['decision']}",
             f"  registry     {redact_text(registry['tracking_uri'])}",
             "load it:",
-            f"  transformers: ElectraForSequenceClassification.from_pretrained({finetune['output']!r})",
+            f"  transformers: {model_class}.from_pretrained({finetune['output']!r})",
             f"  MLflow:       mlflow.set_tracking_uri({redact_text(registry['tracking_uri'])!r})",
             f"                mlflow.pyfunc.load_model('models:/{registry['name']}@champion')"
-            ".predict(pandas.DataFrame({'sentence': ['...']}))",
+            f".predict(pandas.DataFrame({example}))",
         ]
     else:
-        lines += ["load it:", f"  transformers: ElectraForSequenceClassification.from_pretrained({finetune['output']!r})"]
+        lines += ["load it:", f"  transformers: {model_class}.from_pretrained({finetune['output']!r})"]
     log("\n".join(lines))

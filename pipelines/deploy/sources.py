@@ -10,6 +10,7 @@ loaders read any storage URI) unless the caller asks for a local copy.
 
 from __future__ import annotations
 
+import json
 import os
 
 from electra_core import storage
@@ -18,15 +19,32 @@ from pipelines.errors import InputError
 FINETUNE_MARKER, EXPORT_MARKER = "finetune_config.json", "export.json"
 
 
+# What export and serve take: a model that answers one label (or value) per text or text pair.
+DEPLOYABLE_TASKS = ("classification", "regression")
+
+
 def resolve_model(uri: str, tracking_uri: str | None, work: str) -> dict:
     if uri.startswith("models:/"):
-        return _registered_model(uri, tracking_uri, work)
-    if storage.exists(storage.join(uri, EXPORT_MARKER)):
-        return {"uri": uri, "kind": "onnx", "directory": uri}
-    if storage.exists(storage.join(uri, FINETUNE_MARKER)):
-        return {"uri": uri, "kind": "finetune", "directory": uri}
-    raise InputError(f"{uri}: not a fine-tuned model or an export (no {FINETUNE_MARKER} or {EXPORT_MARKER}); give "
-                     "an `electra finetune` or `electra export` output directory, or models:/NAME@ALIAS")
+        source = _registered_model(uri, tracking_uri, work)
+    elif storage.exists(storage.join(uri, EXPORT_MARKER)):
+        source = {"uri": uri, "kind": "onnx", "directory": uri}
+    elif storage.exists(storage.join(uri, FINETUNE_MARKER)):
+        source = {"uri": uri, "kind": "finetune", "directory": uri}
+    else:
+        raise InputError(f"{uri}: not a fine-tuned model or an export (no {FINETUNE_MARKER} or {EXPORT_MARKER}); "
+                         "give an `electra finetune` or `electra export` output directory, or models:/NAME@ALIAS")
+    if source["kind"] == "finetune":
+        check_deployable(source)
+    return source
+
+
+def check_deployable(source: dict) -> None:
+    """A token-classification model would be exported and served as a sentence classifier, wrongly: refused."""
+    task_type = json.loads(storage.read_text(storage.join(source["directory"], "metrics.json"))).get("task_type")
+    if task_type not in DEPLOYABLE_TASKS:
+        raise InputError(f"{source['uri']}: a {task_type} model; electra export and serve take sentence "
+                         "classification and regression models only. Serve it through its registered pyfunc "
+                         "(mlflow.pyfunc.load_model or `mlflow models serve`)")
 
 
 def local_copy(directory: str, work: str) -> str:

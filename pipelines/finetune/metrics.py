@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-DEFAULT_METRIC = {"classification": "accuracy", "regression": "pearson"}
-
-
 def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
     """F1 is the positive class's for two labels and the macro average otherwise."""
     confusion = np.zeros((num_labels, num_labels), dtype=np.float64)

@@ -1,8 +1,11 @@
-"""The MLflow pyfunc face of a fine-tuned classifier (logged as "model from code": no pickle).
+"""The MLflow pyfunc face of a fine-tuned model (logged as "model from code": no pickle).
 
-predict(DataFrame with a text column, and a pair column for pair tasks) -> DataFrame with `label` (the
-task's own labels, strings when training used strings) and one probability column per label; regression
-models return `label` with the predicted value.
+Sentence tasks: predict(DataFrame with a text column, and a pair column for pair tasks) -> DataFrame with
+`label` (the task's own labels, strings when training used strings) and one probability column per label;
+regression models return `label` with the predicted value.
+Token classification: predict(DataFrame with `tokens`, a list of words per row, or `text`, split on whitespace)
+-> DataFrame with `tags` (one per word) and, for entity tag sets, `entities` (a list of {type, first, last},
+word positions inclusive).
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ import torch
 # import pipelines.finetune: the column names below mirror pipelines/finetune/data.py.
 TEXT_COLUMNS = ("sentence", "text", "sentence1", "question", "premise", "question1")
 PAIR_COLUMNS = ("sentence2", "text_pair", "question2", "hypothesis")
+TAGGING = "token-classification"
 
 
 class ElectraClassifierModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from electra_core import ElectraForSequenceClassification, load_tokenizer
+        from electra_core import ElectraForSequenceClassification, ElectraForTokenClassification, load_tokenizer
 
         directory = context.artifacts["classifier"]
-        self.model = ElectraForSequenceClassification.from_pretrained(directory).eval()
         self.tokenizer = load_tokenizer(directory)
         with open(os.path.join(directory, "finetune_config.json")) as handle:
             max_seq_len = json.load(handle)["max_seq_len"]
@@ -33,13 +36,52 @@ class ElectraClassifierModel(mlflow.pyfunc.PythonModel):
         with open(os.path.join(directory, "metrics.json")) as handle:
             metrics = json.load(handle)
         self.task_type, self.labels, self.kind = metrics["task_type"], metrics["labels"], metrics["label_kind"]
+        self.fill_tag, self.tag_scheme = metrics.get("fill_tag"), metrics.get("tag_scheme")
+        model_class = ElectraForTokenClassification if self.task_type == TAGGING else ElectraForSequenceClassification
+        self.model = model_class.from_pretrained(directory).eval()
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        if self.task_type == TAGGING:
+            return self.tag(model_input)
         text = next((c for c in TEXT_COLUMNS if c in model_input.columns), model_input.columns[0])
         pair = next((c for c in PAIR_COLUMNS if c in model_input.columns), None)
         texts = model_input[text].astype(str).tolist()
         inputs = texts if pair is None else list(zip(texts, model_input[pair].astype(str).tolist()))
-        encodings = self.tokenizer.encode_batch(inputs)
+        logits = self.logits(self.tokenizer.encode_batch(inputs))
+        if self.task_type == "regression":
+            return pd.DataFrame({"label": logits[:, 0].tolist()})
+        probabilities = torch.softmax(logits, dim=-1)
+        names = [int(n) if self.kind == "int" else n for n in self.labels]
+        frame = pd.DataFrame({"label": [names[i] for i in probabilities.argmax(-1).tolist()]})
+        for index, name in enumerate(self.labels):
+            frame[name] = probabilities[:, index].tolist()
+        return frame
+
+    def tag(self, model_input: pd.DataFrame) -> pd.DataFrame:
+        from electra_core.tagging import entity_spans, word_starts
+
+        if "tokens" in model_input.columns:
+            words = [[str(word) for word in row] for row in model_input["tokens"]]
+        else:
+            text = "text" if "text" in model_input.columns else model_input.columns[0]
+            words = [str(value).split() for value in model_input[text]]
+        # A row with no words gets no tags; the tokenizer is given one placeholder word so the batch stays whole.
+        encodings = self.tokenizer.encode_batch([row or [""] for row in words], is_pretokenized=True)
+        logits = self.logits(encodings)
+        tags = []
+        for row, (sentence, encoding) in enumerate(zip(words, encodings)):
+            sentence_tags = [self.fill_tag] * len(sentence)  # words past max_seq_len, as the fine-tune scored them
+            for position, word in word_starts(encoding.word_ids):
+                if word < len(sentence):
+                    sentence_tags[word] = self.labels[int(logits[row, position].argmax())]
+            tags.append(sentence_tags)
+        frame = pd.DataFrame({"tags": tags})
+        if self.tag_scheme == "entity":
+            frame["entities"] = [[{"type": kind, "first": first, "last": last}
+                                  for kind, first, last in entity_spans(sentence)] for sentence in tags]
+        return frame
+
+    def logits(self, encodings) -> torch.Tensor:
         length = max(len(e.ids) for e in encodings)
         input_ids = torch.zeros((len(encodings), length), dtype=torch.long)
         token_type_ids = torch.zeros_like(input_ids)
@@ -49,15 +91,7 @@ class ElectraClassifierModel(mlflow.pyfunc.PythonModel):
             token_type_ids[row, : len(encoding.ids)] = torch.tensor(encoding.type_ids)
             attention_mask[row, : len(encoding.ids)] = 1
         with torch.no_grad():
-            logits = self.model(input_ids, attention_mask, token_type_ids).logits.float()
-        if self.task_type == "regression":
-            return pd.DataFrame({"label": logits[:, 0].tolist()})
-        probabilities = torch.softmax(logits, dim=-1)
-        names = [int(n) if self.kind == "int" else n for n in self.labels]
-        frame = pd.DataFrame({"label": [names[i] for i in probabilities.argmax(-1).tolist()]})
-        for index, name in enumerate(self.labels):
-            frame[name] = probabilities[:, index].tolist()
-        return frame
+            return self.model(input_ids, attention_mask, token_type_ids).logits.float()
 
 
 mlflow.models.set_model(ElectraClassifierModel())

@@ -11,60 +11,11 @@ import collections
 import re
 import string
 
-# Tag prefixes of the entity schemes: IOB1, IOB2 (BIO) and BIOES (IOBES). "O" is outside every entity.
-ENTITY_PREFIXES = ("B", "I", "E", "S")
-
+from electra_core.tagging import entity_spans, is_entity_tag_set
 
 # ----------------------------------------------------------------------------------------------------------
 # Sequence tagging
 # ----------------------------------------------------------------------------------------------------------
-
-
-def is_entity_tag_set(tags) -> bool:
-    """Whether every tag is "O" or PREFIX-TYPE with an entity prefix: then scores are per entity, else per token."""
-    return all(tag == "O" or (tag[:2] in {f"{p}-" for p in ENTITY_PREFIXES} and len(tag) > 2) for tag in tags)
-
-
-def _split(tag: str) -> tuple[str, str]:
-    return ("O", "") if tag == "O" else (tag[0], tag[2:])
-
-
-def _ends_before(previous: tuple[str, str], current: tuple[str, str]) -> bool:
-    """Whether an entity open at the previous tag ends before the current one (conlleval's endOfChunk)."""
-    prev_prefix, prev_type = previous
-    prefix, type_ = current
-    if prev_prefix in ("E", "S"):
-        return True
-    if prev_prefix in ("B", "I") and prefix in ("B", "S", "O"):
-        return True
-    return prev_prefix != "O" and prev_type != type_
-
-
-def _starts_at(previous: tuple[str, str], current: tuple[str, str]) -> bool:
-    """Whether an entity starts at the current tag (conlleval's startOfChunk): an I or E after O, E or S
-    starts one too, so IOB1 and sloppy BIO are read as conlleval reads them."""
-    prev_prefix, prev_type = previous
-    prefix, type_ = current
-    if prefix in ("B", "S"):
-        return True
-    if prefix in ("I", "E") and prev_prefix in ("O", "E", "S"):
-        return True
-    return prefix != "O" and prev_type != type_
-
-
-def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
-    """(type, first, last) of every entity of one sentence's tags, positions inclusive."""
-    spans = []
-    previous, start = ("O", ""), None
-    for position, tag in enumerate([*tags, "O"]):  # the closing O ends an entity left open
-        current = _split(tag)
-        if start is not None and _ends_before(previous, current):
-            spans.append((previous[1], start, position - 1))
-            start = None
-        if _starts_at(previous, current):
-            start = position
-        previous = current
-    return spans
 
 
 def tagging_metrics(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:

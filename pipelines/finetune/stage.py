@@ -13,11 +13,11 @@ import math
 import time
 
 from electra_core import storage
-from pipelines.config import FinetuneConfig, to_dict
+from electra_core.tagging import is_entity_tag_set
+from pipelines.config import TASK_METRICS, FinetuneConfig, to_dict
 from pipelines.divergence import clear_divergence, raise_if_diverged
 from pipelines.errors import InputError, check_writable_directory
 from pipelines.finetune.data import LabelSpace, read_labeled
-from pipelines.finetune.metrics import DEFAULT_METRIC
 
 
 def resolve_model(uri: str) -> str:
@@ -41,7 +41,8 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
         if not getattr(config, name):
             raise InputError(f"--{name} is required")
     # Workers may run in another directory (a cluster started elsewhere): local paths are made absolute here.
-    config = dataclasses.replace(config, model=storage.absolute(config.model), output=storage.absolute(config.output))
+    config = dataclasses.replace(config, model=storage.absolute(config.model), output=storage.absolute(config.output),
+                                 train=storage.absolute(config.train), eval=storage.absolute(config.eval))
     model_dir = resolve_model(config.model)
     if not storage.exists(storage.join(model_dir, "tokenizer.json")):
         raise InputError(f"{model_dir}: no tokenizer.json next to the model")
@@ -49,26 +50,11 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
     if positions is not None and config.max_seq_len > positions:  # a worker would fail on its first long example
         raise InputError(f"--max-seq-len {config.max_seq_len} is longer than the model's {positions} positions "
                          f"({model_dir}); use {positions} or less")
-    train = read_labeled(config.train, config.text_column, config.text_pair_column, config.label_column,
-                         strict=config.strict)
-    evaluation = read_labeled(config.eval, train.columns[0], train.columns[1], train.columns[2], strict=config.strict)
-    for warning in train.warnings + evaluation.warnings:
-        log(f"warning: {warning}")
-    labels = LabelSpace.from_training(train, config.task_type)
-    train_labels, eval_labels = labels.encode(train), labels.encode(evaluation)
-    metric = config.metric or DEFAULT_METRIC[config.task_type]
-    log(f"electra finetune: {len(train.texts):,} training and {len(evaluation.texts):,} eval examples, "
-        f"columns {train.columns}, {labels.num_labels} {'outputs' if labels.task_type == 'regression' else 'labels'}; "
-        f"model {model_dir}")
-
+    if config.task_type == "token-classification":
+        loop_config = tagged_loop_config(config, model_dir, log)
+    else:
+        loop_config = labeled_loop_config(config, model_dir, log)
     check_writable_directory(config.output, "--output")
-    loop_config = {
-        "finetune": to_dict(config), "model_dir": model_dir, "metric": metric,
-        "label_names": labels.names, "label_kind": labels.kind,
-        "train_texts": train.texts, "train_pairs": train.pairs, "train_labels": train_labels,
-        "eval_texts": evaluation.texts, "eval_pairs": evaluation.pairs, "eval_labels": eval_labels,
-        "eval_labels_raw": evaluation.labels,
-    }
     clear_divergence(config.output)
     if config.launcher == "local":
         from pipelines.finetune.loop import finetune_in_this_process
@@ -91,6 +77,57 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
         result["registry"] = register(config.register, config.tracking_uri, config.output, to_dict(config), metrics,
                                       lineage(config.model, model_dir), log=log)
     return result
+
+
+def labeled_loop_config(config: FinetuneConfig, model_dir: str, log) -> dict:
+    """Sentence classification and regression: the rows read and checked here, their labels encoded."""
+    train = read_labeled(config.train, config.text_column, config.text_pair_column, config.label_column,
+                         strict=config.strict)
+    evaluation = read_labeled(config.eval, train.columns[0], train.columns[1], train.columns[2], strict=config.strict)
+    for warning in train.warnings + evaluation.warnings:
+        log(f"warning: {warning}")
+    labels = LabelSpace.from_training(train, config.task_type)
+    log(f"electra finetune: {len(train.texts):,} training and {len(evaluation.texts):,} eval examples, "
+        f"columns {train.columns}, {labels.num_labels} {'outputs' if labels.task_type == 'regression' else 'labels'}; "
+        f"model {model_dir}")
+    return {
+        "finetune": to_dict(config), "model_dir": model_dir, "metric": config.metric or TASK_METRICS[config.task_type][0],
+        "label_names": labels.names, "label_kind": labels.kind,
+        "train_texts": train.texts, "train_pairs": train.pairs, "train_labels": labels.encode(train),
+        "eval_texts": evaluation.texts, "eval_pairs": evaluation.pairs, "eval_labels": labels.encode(evaluation),
+        "eval_labels_raw": evaluation.labels,
+    }
+
+
+def tagged_loop_config(config: FinetuneConfig, model_dir: str, log) -> dict:
+    """Token classification: both files read and checked here; the workers read them again from storage, so
+    only the tag set travels in the loop's config."""
+    from electra_core import load_tokenizer
+    from pipelines.finetune.tagging_data import check_eval_tags, read_tagged, words_past
+
+    train, evaluation = read_tagged(config.train, config.strict), read_tagged(config.eval, config.strict)
+    for warning in train.warnings + evaluation.warnings:
+        log(f"warning: {warning}")
+    check_eval_tags(train, evaluation)
+    tags = train.tag_set()
+    if len(tags) < 2:
+        raise InputError(f"{config.train}: every token is tagged {tags[0]!r}; token classification needs at least "
+                         "two tags")
+    scheme = "entity" if is_entity_tag_set(tags) else "token"
+    log(f"electra finetune: {len(train.words):,} training and {len(evaluation.words):,} eval sentences, "
+        f"{len(tags)} tags ({'entities: ' + ', '.join(entity_types(tags)) if scheme == 'entity' else 'per token'}); "
+        f"model {model_dir}")
+    cut = words_past(load_tokenizer(model_dir), evaluation.words, config.max_seq_len)
+    if cut:
+        log(f"warning: {config.eval}: {cut:,} words lie past --max-seq-len {config.max_seq_len} and get no "
+            "prediction; they are scored as tagged O (or the commonest tag). Raise --max-seq-len or split long "
+            "sentences")
+    return {"finetune": to_dict(config), "model_dir": model_dir, "metric": config.metric or TASK_METRICS[config.task_type][0],
+            "label_names": tags, "label_kind": "str", "tag_scheme": scheme}
+
+
+def entity_types(tags: list[str]) -> list[str]:
+    return sorted({tag[2:] for tag in tags if tag != "O"})
 
 
 def train_on_ray(config: FinetuneConfig, loop_config: dict, address: str | None) -> None:

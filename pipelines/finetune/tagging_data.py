@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from electra_core.tagging import word_starts
 from pipelines.errors import InputError
 from pipelines.finetune.data import Utf8Repair, jsonl_objects, read_file_bytes
 
@@ -103,13 +104,17 @@ def align_tags(tokenizer, words: list[list[str]], tag_ids: list[list[int]]
     encoded = tokenizer.encode_batch(words, is_pretokenized=True)
     examples = []
     for sentence, encoding in enumerate(encoded):
-        labels, previous = [], None
-        for word in encoding.word_ids:
-            if word is None or word == previous:
-                labels.append(IGNORED)
-            else:
-                labels.append(tag_ids[sentence][word])
-            previous = word
+        labels = [IGNORED] * len(encoding.ids)
+        for position, word in word_starts(encoding.word_ids):
+            labels[position] = tag_ids[sentence][word]
         examples.append((encoding.ids, encoding.type_ids, labels))
     return examples
 
+
+
+def words_past(tokenizer, words: list[list[str]], max_seq_len: int) -> int:
+    """How many words lie past max_seq_len tokens (special tokens included) and so get no prediction."""
+    tokenizer.enable_truncation(max_length=max_seq_len)
+    tokenizer.no_padding()
+    encoded = tokenizer.encode_batch(words, is_pretokenized=True)
+    return sum(len(sentence) - len(word_starts(e.word_ids)) for sentence, e in zip(words, encoded))
