@@ -172,6 +172,11 @@ class PretrainConfig:
     """AdamW epsilon, as in ELECTRA."""
     grad_clip: float = 1.0
     """Global gradient-norm clipping."""
+    doc_stride: int = 64
+    """question-answering: a context longer than a window is split into windows that start this many tokens
+    apart (at most a window's room), so an answer shorter than a window lies whole in one of them."""
+    max_answer_len: int = 30
+    """question-answering: the longest answer span considered, in tokens."""
     max_nonfinite_steps: int = 25
     """A step whose loss or gradient norm is inf or NaN is skipped (no update) and counted (`skipped_steps` in
     metrics.jsonl and the progress line); this many in a row (checked at each log line) stop the run with an
@@ -275,6 +280,7 @@ TASK_METRICS = {
     "classification": ("accuracy", "f1", "mcc"),
     "regression": ("pearson", "spearman"),
     "token-classification": ("f1", "accuracy"),
+    "question-answering": ("f1", "exact"),
 }
 
 
@@ -286,14 +292,16 @@ class FinetuneConfig:
     """A Hugging Face-format discriminator directory, or a pretrain run (its export is used)."""
     train: str = ""
     """Training data on any storage URI: .tsv, .csv, .jsonl or .parquet rows; for token-classification CoNLL-style
-    text (a token and its tag per line, the tag last, a blank line between sentences) or JSONL `tokens`/`tags`."""
+    text (a token and its tag per line, the tag last, a blank line between sentences) or JSONL `tokens`/`tags`;
+    for question-answering SQuAD 1.1 / 2.0 JSON or JSONL `question`/`context`/`answers`."""
     eval: str = ""
     """Evaluation data, same format; the best epoch on it is kept."""
     output: str = ""
     """Output directory: the classifier (Hugging Face format), metrics.json, predictions.jsonl."""
     task_type: str = "classification"
     """classification (integer or string labels), regression (float targets, STS-B style) or
-    token-classification (a tag per word: named entities in BIO/IOB2/BIOES, or any other tag set)."""
+    token-classification (a tag per word: named entities in BIO/IOB2/BIOES, or any other tag set) or
+    question-answering (extractive: the answer is a span of the context, or none for SQuAD 2.0-style data)."""
     text_column: str | None = None
     """Column of the (first) text; None detects sentence/text/sentence1/question."""
     text_pair_column: str | None = None
@@ -318,6 +326,11 @@ class FinetuneConfig:
     """Sequences per optimizer step across all workers."""
     max_seq_len: int = 128
     """Longer examples are truncated."""
+    doc_stride: int = 64
+    """question-answering: a context longer than a window is split into windows that start this many tokens
+    apart (at most a window's room), so an answer shorter than a window lies whole in one of them."""
+    max_answer_len: int = 30
+    """question-answering: the longest answer span considered, in tokens."""
     max_nonfinite_steps: int = 25
     """A step whose loss or gradient norm is inf or NaN is skipped (no update); this many in a row stop the
     fine-tune with an error, and nothing is written or registered."""
@@ -344,7 +357,8 @@ class FinetuneConfig:
     metric: str | None = None
     """Eval metric that picks the best epoch (and gates promotion): accuracy, f1, mcc (classification), pearson,
     spearman (regression), f1, accuracy (token-classification: entity-level F1 for entity tag sets, macro F1 over
-    tags otherwise; token accuracy); None means the first of these for the task type."""
+    tags otherwise; token accuracy), f1, exact (question-answering, SQuAD's, in percent); None means the first of
+    these for the task type."""
     register: str | None = None
     """Register the result as a new version of this MLflow model (gated promotion to @champion)."""
     tracking_uri: str | None = None
@@ -354,7 +368,7 @@ class FinetuneConfig:
         if self.task_type not in TASK_METRICS:
             raise ValueError(f"task_type must be one of {', '.join(TASK_METRICS)}, got {self.task_type!r}")
         for name in ("epochs", "batch_size", "max_seq_len", "workers", "cpus_per_worker", "trials",
-                     "max_nonfinite_steps"):
+                     "max_nonfinite_steps", "doc_stride", "max_answer_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_seq_len > MAX_SEQ_LEN:

@@ -239,9 +239,10 @@ def print_summary(summary: dict, log=print) -> None:
         verdict = "" if finetune["pretraining_gain"] > 0 else "  <- pretraining did not help"
         lines.append(f"  gain         {finetune['pretraining_gain']:+.4f} {finetune['metric']} from pretraining "
                      f"(mean over trials){verdict}")
-    tagger = finetune.get("task_type") == "token-classification"
-    model_class = "ElectraForTokenClassification" if tagger else "ElectraForSequenceClassification"
-    example = "{'tokens': [['Ada', 'Lovelace', '...']]}" if tagger else "{'sentence': ['...']}"
+    model_class, example = {
+        "token-classification": ("ElectraForTokenClassification", "{'tokens': [['Ada', 'Lovelace', '...']]}"),
+        "question-answering": ("ElectraForQuestionAnswering", "{'question': ['...'], 'context': ['...']}"),
+    }.get(finetune.get("task_type"), ("ElectraForSequenceClassification", "{'sentence': ['...']}"))
     if registry:
         lines += [
             f"  registered   {registry['name']} version {registry['version']}: {registry['decision']}",

@@ -10,7 +10,6 @@ gain is measured with the same data, settings and seeds.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import math
@@ -22,15 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from electra_core import (ElectraConfig, ElectraForSequenceClassification, ElectraForTokenClassification,
-                          save_tokenizer, storage)
-from electra_core.modeling import takes_weight_decay, token_cross_entropy
-from electra_core.tagging import word_starts
+from electra_core import (ElectraConfig, ElectraForQuestionAnswering, ElectraForSequenceClassification,
+                          ElectraForTokenClassification, save_tokenizer, storage)
+from electra_core.modeling import takes_weight_decay
 from pipelines.config import FinetuneConfig, saved_dict
 from pipelines.divergence import Diverged, NonFiniteGuard, record_divergence
 from pipelines.finetune.metrics import classification_metrics, regression_metrics
-from pipelines.finetune.span_metrics import tagging_metrics
-from pipelines.finetune.tagging_data import IGNORED
 
 # Worker output goes through logging, as in pipelines.pretrain.loop.
 logger = logging.getLogger(__name__)
@@ -38,7 +34,8 @@ logger = logging.getLogger(__name__)
 _LAYER = re.compile(r"electra\.encoder\.layer\.(\d+)\.")
 PRETRAINED, SCRATCH = "pretrained", "scratch"
 MODEL_CLASSES = {"classification": ElectraForSequenceClassification, "regression": ElectraForSequenceClassification,
-                 "token-classification": ElectraForTokenClassification}
+                 "token-classification": ElectraForTokenClassification,
+                 "question-answering": ElectraForQuestionAnswering}
 
 
 def layerwise_parameter_groups(model: torch.nn.Module, config: FinetuneConfig, num_layers: int) -> list[dict]:
@@ -72,7 +69,8 @@ def layerwise_parameter_groups(model: torch.nn.Module, config: FinetuneConfig, n
 @dataclass
 class EncodedTask:
     """A labeled sentence (or sentence-pair) task as token ids: what every trial trains and evaluates on. The
-    methods are what a trial needs from a task; TaggedTask gives them for token classification."""
+    methods are what a trial needs from a task; pipelines.finetune.span_tasks gives them for token
+    classification and question answering."""
 
     train: list[tuple[list[int], list[int]]]
     train_labels: torch.Tensor
@@ -102,16 +100,21 @@ class EncodedTask:
     def targets(self, indices, device) -> torch.Tensor:
         return self.train_labels[indices].to(device)
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, output, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of the model's output (its logits) on the batch's targets."""
         if self.task_type == "regression":
-            return F.mse_loss(logits.squeeze(-1), targets)
-        return F.cross_entropy(logits, targets)
+            return F.mse_loss(output.logits.squeeze(-1), targets)
+        return F.cross_entropy(output.logits, targets)
 
     def predict(self, model, device) -> np.ndarray:
         return predict(model, self.evaluation, self.pad_id, device)
 
     def score(self, logits: np.ndarray) -> dict[str, float]:
         return evaluate(logits, self.eval_labels, self.task_type, self.num_labels)
+
+    def saved_settings(self, loop_config: dict) -> dict:
+        """What metrics.json keeps beside the scores for whoever answers with the model (the pyfunc)."""
+        return {}
 
     def prediction_lines(self, logits: np.ndarray, loop_config: dict) -> list[dict]:
         """predictions.jsonl: each eval example as read (what electra export re-reads), its label and prediction."""
@@ -130,103 +133,17 @@ class EncodedTask:
         return lines
 
 
-@dataclass
-class TaggedTask:
-    """Token classification (#17): sentences as token ids with a tag id on each word's first sub-word (IGNORED
-    elsewhere), scored per word as tagging_metrics defines it. Words past max_seq_len get no prediction from
-    the model; they are scored as tagged `fill_tag` ("O" where the tag set has it), so truncation costs recall
-    instead of vanishing from the score."""
-
-    train: list[tuple[list[int], list[int]]]
-    train_labels: list[list[int]]
-    evaluation: list[tuple[list[int], list[int]]]
-    eval_starts: list[list[tuple[int, int]]]
-    eval_words: list[list[str]]
-    eval_tags: list[list[str]]
-    tag_names: list[str]
-    fill_tag: str
-    metric: str
-    pad_id: int
-    task_type: str = "token-classification"
-
-    @classmethod
-    def from_files(cls, tokenizer, max_seq_len: int, train_uri: str, eval_uri: str, tag_names: list[str],
-                   metric: str, strict: bool) -> "TaggedTask":
-        """Reads the tagged files itself (on the worker: the sentences do not travel in the loop's config)."""
-        from pipelines.finetune.tagging_data import align_tags, read_tagged
-
-        tokenizer.enable_truncation(max_length=max_seq_len)
-        tokenizer.no_padding()
-        ids = {name: index for index, name in enumerate(tag_names)}
-        train, evaluation = read_tagged(train_uri, strict), read_tagged(eval_uri, strict)
-        train_examples = align_tags(tokenizer, train.words, [[ids[t] for t in tags] for tags in train.tags])
-        encoded = tokenizer.encode_batch(evaluation.words, is_pretokenized=True)
-        return cls(
-            train=[(i, t) for i, t, _ in train_examples], train_labels=[labels for *_, labels in train_examples],
-            evaluation=[(e.ids, e.type_ids) for e in encoded], eval_starts=[word_starts(e.word_ids) for e in encoded],
-            eval_words=evaluation.words, eval_tags=evaluation.tags, tag_names=tag_names,
-            fill_tag=fill_tag(tag_names, train.tags), metric=metric, pad_id=tokenizer.token_to_id("[PAD]") or 0,
-        )
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.tag_names)
-
-    def targets(self, indices, device) -> torch.Tensor:
-        rows = [self.train_labels[i] for i in indices]
-        targets = torch.full((len(rows), max(len(r) for r in rows)), IGNORED, dtype=torch.long)
-        for row, labels in enumerate(rows):
-            targets[row, : len(labels)] = torch.tensor(labels)
-        return targets.to(device)
-
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return token_cross_entropy(logits, targets)
-
-    def predict(self, model, device, batch_size: int = 128) -> list[np.ndarray]:
-        """Each eval sentence's logits at its words' first sub-words (eval_starts), in word order."""
-        model.eval()
-        outputs = []
-        with torch.no_grad():
-            for start in range(0, len(self.evaluation), batch_size):
-                batch = collate(self.evaluation[start: start + batch_size], self.pad_id, device)
-                logits = model(**batch).logits.float().cpu().numpy()
-                for row, starts in enumerate(self.eval_starts[start: start + batch_size]):
-                    outputs.append(logits[row, [position for position, _ in starts]])
-        model.train()
-        return outputs
-
-    def predicted_tags(self, logits: list[np.ndarray]) -> list[list[str]]:
-        sentences = []
-        for rows, starts, words in zip(logits, self.eval_starts, self.eval_words):
-            tags = [self.fill_tag] * len(words)
-            for row, (_, word) in zip(rows, starts):
-                tags[word] = self.tag_names[int(row.argmax())]
-            sentences.append(tags)
-        return sentences
-
-    def score(self, logits: list[np.ndarray]) -> dict[str, float]:
-        metrics = tagging_metrics(self.eval_tags, self.predicted_tags(logits))
-        return {k: v for k, v in metrics.items() if isinstance(v, float)}  # the scheme goes in metrics.json
-
-    def prediction_lines(self, logits: list[np.ndarray], loop_config: dict) -> list[dict]:
-        return [{"tokens": words, "tags": gold, "prediction": predicted}
-                for words, gold, predicted in zip(self.eval_words, self.eval_tags, self.predicted_tags(logits))]
-
-
-def fill_tag(tag_names: list[str], train_tags: list[list[str]]) -> str:
-    """The tag a word past max_seq_len is scored as: O where the tag set has it, else the commonest tag."""
-    if "O" in tag_names:
-        return "O"
-    counts = collections.Counter(tag for sentence in train_tags for tag in sentence)
-    return counts.most_common(1)[0][0]
-
-
 def encode_task(loop_config: dict, tokenizer, config: FinetuneConfig):
     """The loop config's task, encoded on this worker."""
     names = loop_config["label_names"]
     if config.task_type == "token-classification":
-        return TaggedTask.from_files(tokenizer, config.max_seq_len, config.train, config.eval, names,
-                                     loop_config["metric"], config.strict)
+        from pipelines.finetune.span_tasks import TaggedTask
+
+        return TaggedTask.from_files(tokenizer, config, names, loop_config["metric"])
+    if config.task_type == "question-answering":
+        from pipelines.finetune.span_tasks import QuestionTask
+
+        return QuestionTask.from_files(tokenizer, config, loop_config["metric"])
     return EncodedTask.from_texts(
         tokenizer, config.max_seq_len,
         (loop_config["train_texts"], loop_config["train_pairs"], loop_config["train_labels"]),
@@ -282,11 +199,7 @@ def build_classifier(model_dir: str, start: str, seed: int, task, label_names: l
     weights of the same shape, built from the pretrained model's own config.json (the same tokenizer is used).
     The random weights are drawn as transformers draws them (attention_init normal, whatever the pretraining
     used): the baseline is what a user who skips pretraining would start from."""
-    regression = task.task_type == "regression"
-    overrides = dict(num_labels=1 if regression else len(label_names),
-                     id2label=None if regression else dict(enumerate(label_names)))
-    if task.task_type != "token-classification":
-        overrides["problem_type"] = "regression" if regression else "single_label_classification"
+    overrides = head_settings(task.task_type, label_names)
     model_class = MODEL_CLASSES[task.task_type]
     torch.manual_seed(seed)  # the head's (and, from scratch, every weight's) initialisation
     if start == PRETRAINED:
@@ -297,6 +210,18 @@ def build_classifier(model_dir: str, start: str, seed: int, task, label_names: l
     config = ElectraConfig.load(storage.join(model_dir, "config.json")).replace(attention_init="normal",
                                                                                 **overrides)
     return model_class(config)
+
+
+def head_settings(task_type: str, label_names: list[str]) -> dict:
+    """The config fields that shape a task's head (transformers' names)."""
+    if task_type == "question-answering":
+        return {"num_labels": 2, "id2label": None}  # a start and an end logit
+    if task_type == "regression":
+        return {"num_labels": 1, "id2label": None, "problem_type": "regression"}
+    settings = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names))}
+    if task_type == "classification":
+        settings["problem_type"] = "single_label_classification"
+    return settings
 
 
 @dataclass
@@ -317,10 +242,11 @@ class TrialResult:
                 "seconds": round(self.seconds, 2), "eval": self.record}
 
 
-def train_trial(model: torch.nn.Module, task: EncodedTask | TaggedTask, config: FinetuneConfig, seed: int, *, start: str,
+def train_trial(model: torch.nn.Module, task, config: FinetuneConfig, seed: int, *, start: str,
                 num_layers: int, rank: int = 0, world_size: int = 1, device="cpu", keep_state: bool = True,
                 on_epoch=None) -> TrialResult:
     """Fine-tunes `model` (possibly wrapped for data parallelism) for config.epochs and keeps its best epoch.
+    `task` is an EncodedTask, or one of pipelines.finetune.span_tasks (the same methods).
 
     Each rank trains on its share of every batch; rank 0 evaluates on the whole eval set. `on_epoch(record)`
     is called on every rank after each epoch (Ray Train reports through it). A step whose gradient norm is not
@@ -350,8 +276,7 @@ def train_trial(model: torch.nn.Module, task: EncodedTask | TaggedTask, config: 
             scale = min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup)))
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * group["lr_scale"] * scale
-            logits = model(**batch).logits
-            loss = task.loss(logits, task.targets(indices, device))
+            loss = task.loss(model(**batch), task.targets(indices, device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             guard.skip_if_nonfinite(optimizer, torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
@@ -503,7 +428,7 @@ def trials_metrics(metric: str, kept: TrialResult, results: dict[str, list[Trial
     return metrics
 
 
-def write_outputs(model, tokenizer, config: FinetuneConfig, loop_config: dict, task: EncodedTask | TaggedTask,
+def write_outputs(model, tokenizer, config: FinetuneConfig, loop_config: dict, task,
                   kept: TrialResult, results: dict[str, list[TrialResult]]) -> None:
     """The kept model with its tokenizer, metrics.json (every trial) and its eval-set predictions."""
     output = config.output
@@ -512,8 +437,7 @@ def write_outputs(model, tokenizer, config: FinetuneConfig, loop_config: dict, t
     save_tokenizer(tokenizer, output, model_max_length=config.max_seq_len)
     metrics = {**trials_metrics(loop_config["metric"], kept, results), "task_type": config.task_type,
                "labels": loop_config["label_names"], "label_kind": loop_config["label_kind"]}
-    if isinstance(task, TaggedTask):
-        metrics.update(tag_scheme=loop_config["tag_scheme"], fill_tag=task.fill_tag)
+    metrics.update(task.saved_settings(loop_config))
     storage.write_text(storage.join(output, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
     lines = task.prediction_lines(kept.logits, loop_config)
     storage.write_text(storage.join(output, "predictions.jsonl"), "".join(json.dumps(x) + "\n" for x in lines))

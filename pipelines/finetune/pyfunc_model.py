@@ -6,12 +6,16 @@ regression models return `label` with the predicted value.
 Token classification: predict(DataFrame with `tokens`, a list of words per row, or `text`, split on whitespace)
 -> DataFrame with `tags` (one per word) and, for entity tag sets, `entities` (a list of {type, first, last},
 word positions inclusive).
+Question answering: predict(DataFrame with `question` and `context`) -> DataFrame with `answer` (the span's
+text; "" for no answer), `score` (its start + end logit) and `start` (its character offset in the context; -1
+for no answer).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 import mlflow
 import pandas as pd
@@ -21,28 +25,34 @@ import torch
 # import pipelines.finetune: the column names below mirror pipelines/finetune/data.py.
 TEXT_COLUMNS = ("sentence", "text", "sentence1", "question", "premise", "question1")
 PAIR_COLUMNS = ("sentence2", "text_pair", "question2", "hypothesis")
-TAGGING = "token-classification"
+TAGGING, QUESTIONS = "token-classification", "question-answering"
 
 
 class ElectraClassifierModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from electra_core import ElectraForSequenceClassification, ElectraForTokenClassification, load_tokenizer
+        from electra_core import (ElectraForQuestionAnswering, ElectraForSequenceClassification,
+                                  ElectraForTokenClassification, load_tokenizer)
 
         directory = context.artifacts["classifier"]
         self.tokenizer = load_tokenizer(directory)
         with open(os.path.join(directory, "finetune_config.json")) as handle:
-            max_seq_len = json.load(handle)["max_seq_len"]
-        self.tokenizer.enable_truncation(max_length=max_seq_len)  # as in training, the ONNX export and serving
+            self.settings = json.load(handle)
         with open(os.path.join(directory, "metrics.json")) as handle:
             metrics = json.load(handle)
         self.task_type, self.labels, self.kind = metrics["task_type"], metrics["labels"], metrics["label_kind"]
         self.fill_tag, self.tag_scheme = metrics.get("fill_tag"), metrics.get("tag_scheme")
-        model_class = ElectraForTokenClassification if self.task_type == TAGGING else ElectraForSequenceClassification
+        self.null_threshold = metrics["eval"].get("null_threshold")  # tuned on the eval set (SQuAD 2.0 data)
+        if self.task_type != QUESTIONS:  # question windows are cut by the model's own rule, not truncation
+            self.tokenizer.enable_truncation(max_length=self.settings["max_seq_len"])  # as in training and export
+        model_class = {TAGGING: ElectraForTokenClassification, QUESTIONS: ElectraForQuestionAnswering}.get(
+            self.task_type, ElectraForSequenceClassification)
         self.model = model_class.from_pretrained(directory).eval()
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if self.task_type == TAGGING:
             return self.tag(model_input)
+        if self.task_type == QUESTIONS:
+            return self.answer(model_input)
         text = next((c for c in TEXT_COLUMNS if c in model_input.columns), model_input.columns[0])
         pair = next((c for c in PAIR_COLUMNS if c in model_input.columns), None)
         texts = model_input[text].astype(str).tolist()
@@ -81,17 +91,39 @@ class ElectraClassifierModel(mlflow.pyfunc.PythonModel):
                                   for kind, first, last in entity_spans(sentence)] for sentence in tags]
         return frame
 
+    def answer(self, model_input: pd.DataFrame) -> pd.DataFrame:
+        from electra_core.question_answering import best_answer, windows
+
+        rows = []
+        for number, (question, text) in enumerate(zip(model_input["question"].astype(str),
+                                                      model_input["context"].astype(str))):
+            example = SimpleNamespace(id=str(number), question=question, context=text, answers=[], starts=[])
+            parts = windows(self.tokenizer, example, self.settings["max_seq_len"], self.settings["doc_stride"])
+            output = self.forward([(w.input_ids, w.token_type_ids) for w in parts])
+            lengths = [len(w.input_ids) for w in parts]
+            found = best_answer(example, parts, [output.start_logits[i, :n] for i, n in enumerate(lengths)],
+                                [output.end_logits[i, :n] for i, n in enumerate(lengths)],
+                                self.settings["max_answer_len"])
+            abstain = self.null_threshold is not None and found.null_score - found.score > self.null_threshold
+            rows.append(("", found.null_score, -1) if abstain or not found.text else
+                        (found.text, found.score, found.start))
+        return pd.DataFrame(rows, columns=["answer", "score", "start"])
+
     def logits(self, encodings) -> torch.Tensor:
-        length = max(len(e.ids) for e in encodings)
-        input_ids = torch.zeros((len(encodings), length), dtype=torch.long)
+        return self.forward([(e.ids, e.type_ids) for e in encodings]).logits.float()
+
+    def forward(self, inputs: list[tuple[list[int], list[int]]]):
+        """The model on (token ids, type ids) pairs, padded to the longest."""
+        length = max(len(ids) for ids, _ in inputs)
+        input_ids = torch.zeros((len(inputs), length), dtype=torch.long)
         token_type_ids = torch.zeros_like(input_ids)
         attention_mask = torch.zeros_like(input_ids)
-        for row, encoding in enumerate(encodings):
-            input_ids[row, : len(encoding.ids)] = torch.tensor(encoding.ids)
-            token_type_ids[row, : len(encoding.ids)] = torch.tensor(encoding.type_ids)
-            attention_mask[row, : len(encoding.ids)] = 1
+        for row, (ids, types) in enumerate(inputs):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            token_type_ids[row, : len(ids)] = torch.tensor(types)
+            attention_mask[row, : len(ids)] = 1
         with torch.no_grad():
-            return self.model(input_ids, attention_mask, token_type_ids).logits.float()
+            return self.model(input_ids, attention_mask, token_type_ids)
 
 
 mlflow.models.set_model(ElectraClassifierModel())

@@ -87,12 +87,7 @@ def squad_metrics(predictions: list[str], golds: list[list[str]]) -> dict[str, f
     and NoAns_* give the two splits, as the 2.0 script does."""
     if len(predictions) != len(golds):
         raise ValueError(f"{len(predictions)} predictions for {len(golds)} questions")
-    rows = []
-    for prediction, answers in zip(predictions, golds):
-        answerable = bool(answers)
-        answers = [a for a in answers if normalize_answer(a)] or [""]  # as the 2.0 script
-        rows.append((answerable, max(exact_match(prediction, a) for a in answers),
-                     max(token_f1(prediction, a) for a in answers)))
+    rows = [(bool(answers), *question_scores(prediction, answers)) for prediction, answers in zip(predictions, golds)]
     metrics = _percentages(rows)
     answerable = [row for row in rows if row[0]]
     unanswerable = [row for row in rows if not row[0]]
@@ -101,6 +96,28 @@ def squad_metrics(predictions: list[str], golds: list[list[str]]) -> dict[str, f
             split = _percentages(subset)
             metrics.update({f"{name}_exact": split["exact"], f"{name}_f1": split["f1"], f"{name}_total": len(subset)})
     return metrics
+
+
+def question_scores(prediction: str, answers: list[str]) -> tuple[float, float]:
+    """(exact, f1) of one prediction: the best over the gold answers; no gold answer wants ""."""
+    answers = [a for a in answers if normalize_answer(a)] or [""]  # as the 2.0 script
+    return max(exact_match(prediction, a) for a in answers), max(token_f1(prediction, a) for a in answers)
+
+
+def best_null_threshold(predictions: list[str], margins: list[float], golds: list[list[str]],
+                        metric: str = "f1") -> float:
+    """The no-answer threshold that maximises `metric` (exact or f1) over these questions, as the SQuAD 2.0
+    script's find_best_thresh: a question is answered "" when its margin (the no-answer score minus the best
+    span's score) is above the threshold. Sorting by margin makes it one pass."""
+    which = 0 if metric == "exact" else 1
+    order = sorted(range(len(margins)), key=margins.__getitem__)
+    total = best = sum(0.0 if answers else 1.0 for answers in golds)  # every question answered ""
+    threshold = margins[order[0]] - 1.0 if order else 0.0
+    for i in order:  # raising the threshold past margins[i] answers question i with its span
+        total += question_scores(predictions[i], golds[i])[which] - (0.0 if golds[i] else 1.0)
+        if total > best:
+            best, threshold = total, margins[i]
+    return threshold
 
 
 def _percentages(rows: list[tuple[bool, float, float]]) -> dict[str, float]:

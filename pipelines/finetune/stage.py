@@ -52,6 +52,8 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
                          f"({model_dir}); use {positions} or less")
     if config.task_type == "token-classification":
         loop_config = tagged_loop_config(config, model_dir, log)
+    elif config.task_type == "question-answering":
+        loop_config = question_loop_config(config, model_dir, log)
     else:
         loop_config = labeled_loop_config(config, model_dir, log)
     check_writable_directory(config.output, "--output")
@@ -124,6 +126,41 @@ def tagged_loop_config(config: FinetuneConfig, model_dir: str, log) -> dict:
             "sentences")
     return {"finetune": to_dict(config), "model_dir": model_dir, "metric": config.metric or TASK_METRICS[config.task_type][0],
             "label_names": tags, "label_kind": "str", "tag_scheme": scheme}
+
+
+def question_loop_config(config: FinetuneConfig, model_dir: str, log) -> dict:
+    """Extractive question answering: both files read and checked here (every answer where its answer_start
+    says); the workers read them again from storage."""
+    from electra_core import load_tokenizer
+    from pipelines.finetune.qa_data import read_questions
+
+    train, evaluation = read_questions(config.train), read_questions(config.eval)
+    tokenizer = load_tokenizer(model_dir)
+    tokenizer.no_truncation()
+    split, _ = (question_windows(uri, questions, tokenizer, config)
+                for uri, questions in ((config.train, train), (config.eval, evaluation)))
+    missed = sum(1 for q, ws in zip(train, split) if q.answers and not any(w.start_position for w in ws))
+    unanswerable = sum(1 for q in train if not q.answers)
+    log(f"electra finetune: {len(train):,} training questions ({unanswerable:,} unanswerable) in "
+        f"{sum(map(len, split)):,} windows of {config.max_seq_len} tokens, {len(evaluation):,} eval questions; "
+        f"model {model_dir}")
+    if missed:
+        log(f"warning: {config.train}: {missed:,} answers lie in no single window (longer than a window's room, or "
+            f"cut by the tokenizer) and are trained as no answer. Raise --max-seq-len or --doc-stride overlap")
+    if unanswerable == 0 and any(not q.answers for q in evaluation):
+        log(f"warning: {config.eval} has unanswerable questions but {config.train} has none: the model always "
+            "answers with a span, so they all count as wrong")
+    return {"finetune": to_dict(config), "model_dir": model_dir, "metric": config.metric or TASK_METRICS[config.task_type][0],
+            "label_names": [], "label_kind": "str"}
+
+
+def question_windows(uri: str, questions: list, tokenizer, config: FinetuneConfig) -> list:
+    from pipelines.finetune.qa_data import windows
+
+    try:
+        return [windows(tokenizer, q, config.max_seq_len, config.doc_stride) for q in questions]
+    except ValueError as error:  # a question too long for a window at this max_seq_len
+        raise InputError(f"{uri}: {error}") from None
 
 
 def entity_types(tags: list[str]) -> list[str]:

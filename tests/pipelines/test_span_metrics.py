@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines.finetune.span_metrics import (
+    best_null_threshold,
     entity_spans,
     is_entity_tag_set,
     normalize_answer,
@@ -88,3 +89,16 @@ def test_exact_match_and_f1_take_the_best_gold_answer_and_split_answerable_from_
 def test_a_prediction_count_that_differs_from_the_questions_is_refused():
     with pytest.raises(ValueError, match="2 predictions for 1 questions"):
         squad_metrics(["a", "b"], [["a"]])
+
+
+def test_the_no_answer_threshold_is_the_one_that_scores_best_on_these_questions():
+    # Margins are no-answer score minus span score; a question abstains when its margin is above the threshold.
+    # Abstaining on all scores 1 of 3 (the unanswerable one); answering q0 as well scores 2; answering q2 ("" for
+    # "c") changes nothing; answering q1 ("b" where there is no answer) loses one. So q0 alone is answered.
+    predictions, margins, golds = ["a", "b", ""], [-1.0, 2.0, 0.5], [["a"], [], ["c"]]
+    threshold = best_null_threshold(predictions, margins, golds)
+    assert threshold == -1.0
+    answered = [p if m <= threshold else "" for p, m in zip(predictions, margins)]
+    assert squad_metrics(answered, golds)["f1"] == pytest.approx(200 / 3)
+    assert best_null_threshold(["a"], [5.0], [["a"]]) == 5.0  # answering beats abstaining on an answerable one
+    assert best_null_threshold(["x"], [5.0], [[]]) == 4.0  # below every margin: abstain on all
