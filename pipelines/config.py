@@ -172,11 +172,6 @@ class PretrainConfig:
     """AdamW epsilon, as in ELECTRA."""
     grad_clip: float = 1.0
     """Global gradient-norm clipping."""
-    doc_stride: int = 64
-    """question-answering: a context longer than a window is split into windows that start this many tokens
-    apart (at most a window's room), so an answer shorter than a window lies whole in one of them."""
-    max_answer_len: int = 30
-    """question-answering: the longest answer span considered, in tokens."""
     max_nonfinite_steps: int = 25
     """A step whose loss or gradient norm is inf or NaN is skipped (no update) and counted (`skipped_steps` in
     metrics.jsonl and the progress line); this many in a row (checked at each log line) stop the run with an

@@ -39,7 +39,8 @@ def resolve_model(uri: str, tracking_uri: str | None, work: str) -> dict:
 
 
 def check_deployable(source: dict) -> None:
-    """A token-classification model would be exported and served as a sentence classifier, wrongly: refused."""
+    """A token-classification or question-answering model would be exported and served as a sentence
+    classifier, wrongly: refused."""
     task_type = json.loads(storage.read_text(storage.join(source["directory"], "metrics.json"))).get("task_type")
     if task_type not in DEPLOYABLE_TASKS:
         raise InputError(f"{source['uri']}: a {task_type} model; electra export and serve take sentence "

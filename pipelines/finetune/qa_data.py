@@ -14,7 +14,6 @@ import json
 from dataclasses import dataclass
 
 from electra_core import storage
-from electra_core.question_answering import Answer, Window, best_answer, windows  # noqa: F401 (for the fine-tune)
 from pipelines.errors import InputError
 from pipelines.finetune.data import jsonl_objects
 

@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from electra_core.modeling import token_cross_entropy
+from electra_core.question_answering import Answer, Window, best_answer, windows
 from electra_core.tagging import word_starts
 from pipelines.config import FinetuneConfig
 from pipelines.finetune.loop import collate
-from pipelines.finetune.qa_data import Answer, Window, best_answer, read_questions, windows
+from pipelines.finetune.qa_data import read_questions
 from pipelines.finetune.span_metrics import best_null_threshold, squad_metrics, tagging_metrics
 from pipelines.finetune.tagging_data import IGNORED, align_tags, read_tagged
 

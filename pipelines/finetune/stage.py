@@ -50,12 +50,10 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
     if positions is not None and config.max_seq_len > positions:  # a worker would fail on its first long example
         raise InputError(f"--max-seq-len {config.max_seq_len} is longer than the model's {positions} positions "
                          f"({model_dir}); use {positions} or less")
-    if config.task_type == "token-classification":
-        loop_config = tagged_loop_config(config, model_dir, log)
-    elif config.task_type == "question-answering":
-        loop_config = question_loop_config(config, model_dir, log)
-    else:
-        loop_config = labeled_loop_config(config, model_dir, log)
+    read_task = {"token-classification": tagged_loop_config,
+                 "question-answering": question_loop_config}.get(config.task_type, labeled_loop_config)
+    loop_config = {"finetune": to_dict(config), "model_dir": model_dir,
+                   "metric": config.metric or TASK_METRICS[config.task_type][0], **read_task(config, model_dir, log)}
     check_writable_directory(config.output, "--output")
     clear_divergence(config.output)
     if config.launcher == "local":
@@ -82,7 +80,8 @@ def run_finetune(config: FinetuneConfig, address: str | None = None, log=print) 
 
 
 def labeled_loop_config(config: FinetuneConfig, model_dir: str, log) -> dict:
-    """Sentence classification and regression: the rows read and checked here, their labels encoded."""
+    """Sentence classification and regression: the rows read and checked here, their labels encoded (the task's
+    part of the loop's config)."""
     train = read_labeled(config.train, config.text_column, config.text_pair_column, config.label_column,
                          strict=config.strict)
     evaluation = read_labeled(config.eval, train.columns[0], train.columns[1], train.columns[2], strict=config.strict)
@@ -93,7 +92,6 @@ def labeled_loop_config(config: FinetuneConfig, model_dir: str, log) -> dict:
         f"columns {train.columns}, {labels.num_labels} {'outputs' if labels.task_type == 'regression' else 'labels'}; "
         f"model {model_dir}")
     return {
-        "finetune": to_dict(config), "model_dir": model_dir, "metric": config.metric or TASK_METRICS[config.task_type][0],
         "label_names": labels.names, "label_kind": labels.kind,
         "train_texts": train.texts, "train_pairs": train.pairs, "train_labels": labels.encode(train),
         "eval_texts": evaluation.texts, "eval_pairs": evaluation.pairs, "eval_labels": labels.encode(evaluation),
@@ -124,8 +122,7 @@ def tagged_loop_config(config: FinetuneConfig, model_dir: str, log) -> dict:
         log(f"warning: {config.eval}: {cut:,} words lie past --max-seq-len {config.max_seq_len} and get no "
             "prediction; they are scored as tagged O (or the commonest tag). Raise --max-seq-len or split long "
             "sentences")
-    return {"finetune": to_dict(config), "model_dir": model_dir, "metric": config.metric or TASK_METRICS[config.task_type][0],
-            "label_names": tags, "label_kind": "str", "tag_scheme": scheme}
+    return {"label_names": tags, "label_kind": "str", "tag_scheme": scheme}
 
 
 def question_loop_config(config: FinetuneConfig, model_dir: str, log) -> dict:
@@ -137,8 +134,8 @@ def question_loop_config(config: FinetuneConfig, model_dir: str, log) -> dict:
     train, evaluation = read_questions(config.train), read_questions(config.eval)
     tokenizer = load_tokenizer(model_dir)
     tokenizer.no_truncation()
-    split, _ = (question_windows(uri, questions, tokenizer, config)
-                for uri, questions in ((config.train, train), (config.eval, evaluation)))
+    split = question_windows(config.train, train, tokenizer, config)
+    question_windows(config.eval, evaluation, tokenizer, config)  # every eval question fits a window too
     missed = sum(1 for q, ws in zip(train, split) if q.answers and not any(w.start_position for w in ws))
     unanswerable = sum(1 for q in train if not q.answers)
     log(f"electra finetune: {len(train):,} training questions ({unanswerable:,} unanswerable) in "
@@ -150,12 +147,11 @@ def question_loop_config(config: FinetuneConfig, model_dir: str, log) -> dict:
     if unanswerable == 0 and any(not q.answers for q in evaluation):
         log(f"warning: {config.eval} has unanswerable questions but {config.train} has none: the model always "
             "answers with a span, so they all count as wrong")
-    return {"finetune": to_dict(config), "model_dir": model_dir, "metric": config.metric or TASK_METRICS[config.task_type][0],
-            "label_names": [], "label_kind": "str"}
+    return {"label_names": [], "label_kind": "str"}
 
 
 def question_windows(uri: str, questions: list, tokenizer, config: FinetuneConfig) -> list:
-    from pipelines.finetune.qa_data import windows
+    from electra_core.question_answering import windows
 
     try:
         return [windows(tokenizer, q, config.max_seq_len, config.doc_stride) for q in questions]

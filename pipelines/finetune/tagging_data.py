@@ -111,7 +111,6 @@ def align_tags(tokenizer, words: list[list[str]], tag_ids: list[list[int]]
     return examples
 
 
-
 def words_past(tokenizer, words: list[list[str]], max_seq_len: int) -> int:
     """How many words lie past max_seq_len tokens (special tokens included) and so get no prediction."""
     tokenizer.enable_truncation(max_length=max_seq_len)

@@ -35,6 +35,21 @@ def corpus_sentences():
     return make_sentences
 
 
+def random_discriminator(root, texts: list[str], vocab_size: int) -> str:
+    """A tiny discriminator with random weights (seed 0) and a tokenizer trained on `texts`, saved under `root`:
+    a model whose tokenizer knows a test task's words, no pretraining needed."""
+    import torch
+
+    import electra_core
+
+    tokenizer = electra_core.train_tokenizer(texts, vocab_size=vocab_size)
+    config = electra_core.ElectraConfig.from_preset("tiny", **electra_core.special_token_ids(tokenizer))
+    torch.manual_seed(0)
+    electra_core.ElectraForPreTraining(config).save_pretrained(str(root))
+    electra_core.save_tokenizer(tokenizer, str(root))
+    return str(root)
+
+
 def command_errors(stderr: str) -> list[str]:
     """The command's own error lines. A local Ray streams its workers' logs into the same stderr whenever
     they arrive, so those lines are left out."""

@@ -21,7 +21,7 @@ from pipelines.finetune import run_finetune
 from pipelines.finetune.loop import layerwise_parameter_groups
 from pipelines.finetune.stage import outcome_lines
 from pipelines.finetune.metrics import classification_metrics, regression_metrics
-from tests.pipelines.conftest import command_errors
+from tests.pipelines.conftest import command_errors, random_discriminator
 
 POSITIVE = "good great wonderful superb delightful lovely".split()
 NEGATIVE = "bad awful terrible dreadful boring dull".split()
@@ -51,12 +51,7 @@ def model_dir(tmp_path_factory):
 
 def tiny_discriminator(root) -> str:
     """A tiny discriminator with a tokenizer that knows the task's words (no pretraining needed here)."""
-    tokenizer = electra_core.train_tokenizer([s for s, _ in sentiment_rows(500, 0)], vocab_size=120)
-    config = electra_core.ElectraConfig.from_preset("tiny", **electra_core.special_token_ids(tokenizer))
-    torch.manual_seed(0)
-    electra_core.ElectraForPreTraining(config).save_pretrained(str(root))
-    electra_core.save_tokenizer(tokenizer, str(root))
-    return str(root)
+    return random_discriminator(root, [s for s, _ in sentiment_rows(500, 0)], vocab_size=120)
 
 
 def finetune(model_dir, train, evaluation, output, log=lambda _: None, **settings):

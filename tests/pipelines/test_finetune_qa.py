@@ -16,7 +16,7 @@ import electra_core
 from pipelines.cli import main
 from pipelines.config import FinetuneConfig
 from pipelines.finetune import run_finetune
-from tests.pipelines.conftest import command_errors
+from tests.pipelines.conftest import command_errors, random_discriminator
 
 PLACES = "Paris Berlin Lisbon Oslo Vienna Dublin Madrid Prague".split()
 FILLER = "the a morning train left early and people talked about weather while rain fell on roofs".split()
@@ -60,14 +60,9 @@ def as_squad(path, rows) -> str:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reader-model")
     texts = [r["context"] for r in questions(200, 0)] + ["which city did the train go to"] * 20
-    tokenizer = electra_core.train_tokenizer(texts, vocab_size=150)  # whole words: an answer is one token
-    config = electra_core.ElectraConfig.from_preset("tiny", **electra_core.special_token_ids(tokenizer))
-    torch.manual_seed(0)
-    electra_core.ElectraForPreTraining(config).save_pretrained(str(root))
-    electra_core.save_tokenizer(tokenizer, str(root))
-    return str(root)
+    # vocab 150: whole words, so an answer is one token
+    return random_discriminator(tmp_path_factory.mktemp("reader-model"), texts, vocab_size=150)
 
 
 def read(model_dir, train, evaluation, output, log=lambda _: None, **settings) -> dict:

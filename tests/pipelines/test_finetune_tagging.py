@@ -16,7 +16,7 @@ import electra_core
 from pipelines.cli import main
 from pipelines.config import FinetuneConfig
 from pipelines.finetune import run_finetune
-from tests.pipelines.conftest import command_errors
+from tests.pipelines.conftest import command_errors, random_discriminator
 
 PEOPLE = [("Ada", "Lovelace"), ("Alan", "Turing"), ("Grace", "Hopper"), ("Edsger", "Dijkstra"), ("Barbara", "Liskov")]
 PLACES = "Paris Berlin Lisbon Oslo Vienna Dublin".split()
@@ -55,13 +55,7 @@ def write_jsonl(path, sentences) -> str:
 
 def tagging_discriminator(root) -> str:
     """A tiny random discriminator whose tokenizer knows the task's words (no pretraining needed here)."""
-    texts = [" ".join(words) for words, _ in tagged_sentences(400, 0)]
-    tokenizer = electra_core.train_tokenizer(texts, vocab_size=120)
-    config = electra_core.ElectraConfig.from_preset("tiny", **electra_core.special_token_ids(tokenizer))
-    torch.manual_seed(0)
-    electra_core.ElectraForPreTraining(config).save_pretrained(str(root))
-    electra_core.save_tokenizer(tokenizer, str(root))
-    return str(root)
+    return random_discriminator(root, [" ".join(words) for words, _ in tagged_sentences(400, 0)], vocab_size=120)
 
 
 def tag(model_dir, train, evaluation, output, log=lambda _: None, **settings) -> dict:

@@ -9,7 +9,8 @@ import pytest
 
 import electra_core
 from pipelines.errors import InputError
-from pipelines.finetune.qa_data import best_answer, read_questions, windows
+from electra_core.question_answering import best_answer, windows
+from pipelines.finetune.qa_data import read_questions
 
 CONTEXT = "The tower was finished in 1889 in Paris. It is made of iron."
 
